@@ -15,9 +15,12 @@ Examples:
 import importlib
 from typing import Any
 
-from ncl_ext.nonneg import MODES, NON_NEGATIVE_MODES, NonNegative, NonNegativeWrapper, make_nonneg, nonneg
-
 __version__ = "0.1.0"
+
+# Importing the HF adapter is cheap (it does not import transformers) and installs the hook
+# that restores the head whenever a patched checkpoint is loaded, even by plain AutoModel.
+from ncl_ext.adapters.hf import from_pretrained, patch, unpatch
+from ncl_ext.nonneg import MODES, NON_NEGATIVE_MODES, NonNegative, NonNegativeWrapper, make_nonneg, nonneg
 
 __all__ = [
     "MODES",
@@ -35,15 +38,12 @@ __all__ = [
     "distributed",
 ]
 
-# Sub-packages and HF helpers are imported on first use, so `import ncl_ext` stays
-# light (torch only) and optional dependencies are needed only by what you call.
+# Sub-packages are imported on first use, so `import ncl_ext` stays light (torch only)
+# and optional dependencies are needed only by what you call.
 _LAZY_SUBMODULES = {"losses", "analysis", "adapters", "distributed", "training", "data", "recipes"}
-_LAZY_HF = {"patch", "unpatch", "from_pretrained"}
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY_SUBMODULES:
         return importlib.import_module(f"ncl_ext.{name}")
-    if name in _LAZY_HF:
-        return getattr(importlib.import_module("ncl_ext.adapters.hf"), name)
     raise AttributeError(f"module 'ncl_ext' has no attribute {name!r}")
