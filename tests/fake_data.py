@@ -1,0 +1,55 @@
+"""Tiny datasets written in the exact on-disk formats the loaders read (CIFAR pickles, ImageFolder PNGs)."""
+
+import pickle
+
+import numpy as np
+from PIL import Image
+
+
+def write_cifar(root, name, train_sizes, test_size, num_classes, seed=0):
+    """Tiny CIFAR copy in the published python-batch format; returns the HWC images and labels written."""
+    rng = np.random.default_rng(seed)
+    folder = root / ("cifar-10-batches-py" if name == "cifar10" else "cifar-100-python")
+    folder.mkdir(parents=True)
+    label_key = "labels" if name == "cifar10" else "fine_labels"
+    written = {}
+
+    def write_batch(file, size):
+        hwc = rng.integers(0, 256, (size, 32, 32, 3), dtype=np.uint8)
+        labels = rng.integers(0, num_classes, size).tolist()
+        # each row: 1024 red values, then green, then blue, each in row-major order
+        batch = {
+            "batch_label": file,
+            "data": hwc.transpose(0, 3, 1, 2).reshape(size, 3072),
+            label_key: labels,
+            "filenames": [f"{i}.png" for i in range(size)],
+        }
+        if name == "cifar100":
+            batch["coarse_labels"] = [label // 5 for label in labels]
+        with open(folder / file, "wb") as handle:
+            pickle.dump(batch, handle, protocol=2)
+        written[file] = (hwc, labels)
+
+    train_files = [f"data_batch_{i}" for i in range(1, 6)] if name == "cifar10" else ["train"]
+    for file, size in zip(train_files, train_sizes, strict=True):
+        write_batch(file, size)
+    write_batch("test_batch" if name == "cifar10" else "test", test_size)
+    names = [f"class_{i}" for i in range(num_classes)]
+    meta = (
+        {"label_names": names, "num_cases_per_batch": 4}
+        if name == "cifar10"
+        else {"fine_label_names": names, "coarse_label_names": names[:20]}
+    )
+    with open(folder / ("batches.meta" if name == "cifar10" else "meta"), "wb") as handle:
+        pickle.dump(meta, handle, protocol=2)
+    return folder, written, train_files, names
+
+
+def write_png_tree(root, splits, classes, per_class=1, size=(10, 12)):
+    rng = np.random.default_rng(0)
+    for split in splits:
+        for name in classes:
+            (root / split / name).mkdir(parents=True)
+            for index in range(per_class):
+                pixels = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / name / f"{index}.png")
