@@ -44,7 +44,9 @@ from torch import nn
 
 from ncl_ext.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 
-__all__ = ["BatchSource", "TensorBatches", "TrainConfig", "TrainResult", "Trainer", "seed_everything"]
+__all__ = [
+    "BatchSource", "TensorBatches", "TrainConfig", "TrainResult", "Trainer", "make_accelerator", "seed_everything",
+]
 
 OPTIMIZERS = ("lars", "sgd", "adamw")
 LOG_COLUMNS_FIRST = ("epoch", "step", "lr", "loss")
@@ -141,6 +143,31 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def make_accelerator(device: str | None = None, mixed_precision: str = "no", compile: bool = False) -> Any:
+    """An ``accelerate.Accelerator`` for one run.
+
+    ``device`` is ``None`` (the best available, or the one ``accelerate launch`` /
+    ``torchrun`` assigns to this process), ``"cpu"``, ``"cuda"`` or ``"mps"``; choose
+    GPUs with ``CUDA_VISIBLE_DEVICES``. ``compile`` compiles the model with TorchInductor.
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    if device not in (None, "cpu", "cuda", "mps"):
+        raise ValueError(
+            f"device={device!r}; expected cpu, cuda or mps (pick GPUs with CUDA_VISIBLE_DEVICES, "
+            "or launch several processes with accelerate launch / torchrun)"
+        )
+    if mixed_precision not in PRECISIONS:
+        raise ValueError(f"mixed_precision={mixed_precision!r}; expected one of {PRECISIONS}")
+    # Accelerate keeps one global state per process; a notebook or a test may run several
+    # recipes with different precisions in one process, so start each from a clean state.
+    AcceleratorState._reset_state()
+    return Accelerator(
+        mixed_precision=mixed_precision, cpu=device == "cpu", dynamo_backend="inductor" if compile else "no"
+    )
+
+
 LossFunction = Callable[[nn.Module, Any], "torch.Tensor | dict[str, Any]"]
 
 
@@ -167,11 +194,9 @@ class Trainer:
         output_dir: str | os.PathLike | None,
         accelerator: Any = None,
     ) -> None:
-        from accelerate import Accelerator
-
         self.config = config
         self.compute_loss = compute_loss
-        self.accelerator = accelerator or Accelerator(mixed_precision=config.mixed_precision)
+        self.accelerator = accelerator or make_accelerator(mixed_precision=config.mixed_precision)
         self.output_dir = Path(output_dir) if output_dir is not None else None
         if self.accelerator.num_processes > 1 and config.sync_batchnorm:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
