@@ -36,7 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # KEY=VALUE overrides may come before or after the options, so collect them from the leftovers.
+    args, leftovers = parser.parse_known_args(argv)
+    unknown = [item for item in leftovers if args.command != "run" or "=" not in item or item.startswith("-")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.command == "run":
+        args.overrides = list(args.overrides) + leftovers
     try:
         if args.command == "run":
             run_recipe(

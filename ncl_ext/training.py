@@ -183,6 +183,9 @@ class Trainer:
         output_dir: where ``checkpoints/``, ``log.jsonl`` and ``log.csv`` go; ``None``
             trains without checkpoints or logs (quick experiments, tests).
         accelerator: an ``accelerate.Accelerator``; one is created when not given.
+        evaluate_epoch: optional ``(model, epoch) -> {metric: number}`` run at the end of
+            every epoch (model in eval mode, on every process); its metrics are added to
+            that epoch's last log record, so they are saved and survive a resume.
     """
 
     def __init__(
@@ -193,12 +196,15 @@ class Trainer:
         config: TrainConfig,
         output_dir: str | os.PathLike | None,
         accelerator: Any = None,
+        evaluate_epoch: Callable[[nn.Module, int], dict[str, float]] | None = None,
     ) -> None:
         self.config = config
         self.compute_loss = compute_loss
+        self.evaluate_epoch = evaluate_epoch
         self.accelerator = accelerator or make_accelerator(mixed_precision=config.mixed_precision)
         self.output_dir = Path(output_dir) if output_dir is not None else None
-        if self.accelerator.num_processes > 1 and config.sync_batchnorm:
+        distributed_gpu = self.accelerator.num_processes > 1 and self.accelerator.device.type == "cuda"
+        if distributed_gpu and config.sync_batchnorm:  # torch's SyncBatchNorm runs on GPUs only
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model
         self.optimizer = self._build_optimizer(model)
@@ -267,6 +273,8 @@ class Trainer:
                     bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
                 bar.update(1)
                 at_boundary = index + 1 == len(self.batches)
+                if at_boundary and self.evaluate_epoch is not None:
+                    history[-1].update(self._evaluate(epoch))
                 if last_in_update and (step - saved_at >= config.checkpoint_every or at_boundary):
                     next_epoch = epoch + 1 if at_boundary else epoch
                     self._save(step, update, next_epoch, history, finished=step == total)
@@ -274,6 +282,13 @@ class Trainer:
         bar.close()
         accelerator.wait_for_everyone()
         return TrainResult(accelerator.unwrap_model(self.model), history, resumed_from)
+
+    def _evaluate(self, epoch: int) -> dict[str, float]:
+        self.model.eval()
+        with torch.no_grad():
+            metrics = self.evaluate_epoch(self.accelerator.unwrap_model(self.model), epoch)
+        self.model.train()
+        return {key: float(value) for key, value in metrics.items()}
 
     def _train_step(self, batch: Any, sync: bool) -> dict[str, Any]:
         accum = self.config.grad_accum_steps

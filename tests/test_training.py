@@ -106,3 +106,19 @@ def test_half_written_checkpoint_is_ignored(tmp_path):
     assert latest_checkpoint(tmp_path).name == "step-000000001"
     with pytest.raises(FileNotFoundError):
         load_checkpoint(tmp_path / "nothing", model)
+
+
+def test_epoch_evaluation_is_logged_once_per_epoch_in_eval_mode(tmp_path):
+    seen = []
+
+    def evaluate(model, epoch):
+        seen.append((epoch, model.training))
+        return {"probe": epoch / 10}
+
+    model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    config = TrainConfig(epochs=2, lr=0.1, optimizer="sgd", warmup_epochs=0, log_every=100, progress=False)
+    batches = TensorBatches(torch.randn(16, 2), batch_size=4)
+    result = Trainer(model, lambda m, b: m(b).pow(2).mean(), batches, config, tmp_path, evaluate_epoch=evaluate).fit()
+    assert seen == [(0, False), (1, False)]
+    assert [r.get("probe") for r in result.history] == [0.0, 0.1]
+    assert model.training
