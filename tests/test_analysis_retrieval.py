@@ -1,0 +1,113 @@
+"""Retrieval precision and mAP against per-query loops (dense and inverted-index paths)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import average_precision_score
+
+from ncl_ext.analysis import cosine_top_k, mean_average_precision, retrieval_precision
+from ncl_ext.analysis.retrieval import _prefer_inverted_index
+
+
+def reference_rankings(z: np.ndarray) -> list[np.ndarray]:
+    """For each sample, the others sorted by decreasing cosine similarity (per-query loop)."""
+    rankings = []
+    for n in range(len(z)):
+        scores = []
+        for j in range(len(z)):
+            if j != n:
+                norms = np.linalg.norm(z[n]) * np.linalg.norm(z[j])
+                scores.append((-(z[n] @ z[j]) / norms if norms > 0 else 0.0, j))
+        rankings.append(np.array([j for _, j in sorted(scores)]))
+    return rankings
+
+
+def reference_precision(z: np.ndarray, labels: np.ndarray, k: int) -> float:
+    return float(
+        np.mean([np.mean(labels[ranking[:k]] == labels[n]) for n, ranking in enumerate(reference_rankings(z))])
+    )
+
+
+def reference_map(z: np.ndarray, labels: np.ndarray, k: int) -> float:
+    values = []
+    for n, ranking in enumerate(reference_rankings(z)):
+        relevant_total = int((labels == labels[n]).sum()) - 1
+        if relevant_total == 0:
+            continue
+        hits, total = 0, 0.0
+        for i, j in enumerate(ranking[:k], start=1):
+            if labels[j] == labels[n]:
+                hits += 1
+                total += hits / i
+        values.append(total / min(k, relevant_total))
+    return float(np.mean(values))
+
+
+def normalize_rows(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def features(kind: str, seed: int = 0, shape: tuple[int, int] = (120, 64)) -> torch.Tensor:
+    z = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+    return torch.relu(z - 1.65) if kind == "sparse" else z  # sparse: ~95% zeros
+
+
+@pytest.mark.parametrize("kind", ["sparse", "dense"])
+@pytest.mark.parametrize("k", [1, 10])
+def test_precision_and_map_match_loops(kind: str, k: int) -> None:
+    z = features(kind)
+    labels = np.arange(len(z)) % 6
+    assert _prefer_inverted_index(z, z) == (kind == "sparse")  # both search paths are covered
+    array = z.double().numpy()
+    assert retrieval_precision(z, labels, k=k) == pytest.approx(reference_precision(array, labels, k), abs=1e-12)
+    assert mean_average_precision(z, labels, k=k) == pytest.approx(reference_map(array, labels, k), abs=1e-12)
+
+
+def test_uncut_map_equals_sklearn_average_precision() -> None:
+    z = features("dense", seed=1, shape=(50, 8))
+    labels = np.arange(50) % 4
+    array = normalize_rows(z.double().numpy())
+    expected = []
+    for n in range(50):
+        others = np.arange(50) != n
+        expected.append(average_precision_score(labels[others] == labels[n], array[others] @ array[n]))
+    assert mean_average_precision(z, labels) == pytest.approx(np.mean(expected), abs=1e-12)
+
+
+def test_cosine_top_k_against_a_separate_database() -> None:
+    queries, database = features("dense", 2, (7, 16)), features("dense", 3, (30, 16))
+    scores, indices = cosine_top_k(queries, database, k=4)
+    expected = normalize_rows(queries.double().numpy()) @ normalize_rows(database.double().numpy()).T
+    for row in range(7):
+        assert indices[row].tolist() == list(np.argsort(-expected[row])[:4])
+        assert scores[row].numpy() == pytest.approx(np.sort(expected[row])[::-1][:4], abs=1e-6)
+
+
+def test_well_separated_classes_have_perfect_precision() -> None:
+    labels = torch.arange(60) % 3
+    z = torch.eye(3)[labels] + 0.01 * torch.rand(60, 3)
+    assert retrieval_precision(z, labels, k=19) == 1.0
+    assert mean_average_precision(z, labels, k=19) == 1.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_precision_on_cuda_equals_cpu() -> None:
+    z = features("dense", 4)
+    labels = np.arange(len(z)) % 5
+    assert retrieval_precision(z.cuda(), labels, k=5) == pytest.approx(retrieval_precision(z, labels, k=5))
+
+
+def test_retrieval_bad_inputs() -> None:
+    z = torch.rand(5, 3)
+    with pytest.raises(ValueError, match="k=5 exceeds"):
+        retrieval_precision(z, [0, 1, 0, 1, 0], k=5)
+    with pytest.raises(ValueError, match="labels has 2 entries"):
+        retrieval_precision(z, [0, 1], k=1)
+    with pytest.raises(ValueError, match="NaN"):
+        retrieval_precision(torch.full((3, 2), float("nan")), [0, 1, 0], k=1)
+    with pytest.raises(ValueError, match="at least one label shared"):
+        mean_average_precision(z, [0, 1, 2, 3, 4], k=2)
+    with pytest.raises(ValueError, match="dims"):
+        cosine_top_k(z, torch.rand(4, 2), k=1)

@@ -1,0 +1,119 @@
+"""SparseIndex returns exactly the dense top-k, on random inputs with 80-99% zeros."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+
+from ncl_ext.analysis import SparseIndex
+
+
+def sparse_rows(num: int, dim: int, zero_fraction: float, seed: int, signed: bool = False) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    values = torch.randn(num, dim, generator=generator) if signed else torch.rand(num, dim, generator=generator)
+    mask = torch.rand(num, dim, generator=generator) >= zero_fraction
+    return F.normalize(values * mask, dim=1)
+
+
+def assert_exact_top_k(queries, database, scores, indices, k: int, exclude_self: bool = False) -> None:
+    """Same scores as the float64 dense top-k; same items except among exactly tied scores."""
+    exact = queries.double() @ database.double().T
+    if exclude_self:
+        exact.fill_diagonal_(-np.inf)
+    expected_scores = exact.topk(k, dim=1).values
+    assert scores.double().numpy() == pytest.approx(expected_scores.numpy(), abs=1e-6)
+    for row in range(len(queries)):
+        returned = indices[row].tolist()
+        assert len(set(returned)) == k
+        assert exact[row, returned].numpy() == pytest.approx(expected_scores[row].numpy(), abs=1e-12)
+        kth = float(expected_scores[row, -1])
+        must_have = torch.nonzero(exact[row] > kth + 1e-12).flatten().tolist()
+        assert set(must_have) <= set(returned)
+
+
+@pytest.mark.parametrize("zero_fraction", [0.8, 0.9, 0.95, 0.99])
+@pytest.mark.parametrize("k", [1, 10])
+def test_search_equals_dense_top_k(zero_fraction: float, k: int) -> None:
+    database = sparse_rows(2000, 256, zero_fraction, seed=0)
+    queries = sparse_rows(300, 256, zero_fraction, seed=1)
+    index = SparseIndex(database)
+    assert index.backend == "inverted"
+    scores, indices = index.search(queries, k)
+    assert scores.dtype == torch.float32 and indices.dtype == torch.long and scores.shape == (300, k)
+    assert_exact_top_k(queries, database, scores, indices, k)
+
+
+@pytest.mark.parametrize("zero_fraction", [0.8, 0.95, 0.99])
+@pytest.mark.parametrize("signed", [False, True])
+def test_search_self_equals_dense_top_k_without_the_diagonal(zero_fraction: float, signed: bool) -> None:
+    database = sparse_rows(800, 128, zero_fraction, seed=2, signed=signed)
+    database[:3] = 0.0  # items with no non-zero: only zero-score neighbours
+    scores, indices = SparseIndex(database).search_self(5)
+    assert not bool((indices == torch.arange(800)[:, None]).any())
+    assert_exact_top_k(database, database, scores, indices, 5, exclude_self=True)
+    if not signed:  # zero-score neighbours are the lowest-index others, as for search()
+        assert indices[0].tolist() == [1, 2, 3, 4, 5] and scores[0].tolist() == [0.0] * 5
+
+
+def test_search_self_ties_and_zero_fill_match_search() -> None:
+    database = sparse_rows(300, 64, 0.97, seed=8)
+    database[10] = database[20]  # an exact tie
+    index = SparseIndex(database)
+    self_scores, self_indices = index.search_self(4)
+    scores, indices = index.search(database, 5)
+    for row in range(300):  # drop the item itself from the plain search, keep the first 4
+        keep = [j for j, item in enumerate(indices[row].tolist()) if item != row][:4]
+        assert self_indices[row].tolist() == indices[row, keep].tolist()
+        assert self_scores[row].tolist() == scores[row, keep].tolist()
+
+
+def test_ties_break_towards_the_lower_index_and_empty_queries_get_zero_scores() -> None:
+    database = torch.zeros(10, 4)
+    database[[2, 5, 7], 0] = 1.0  # three identical items
+    database[9, 1] = 2.0
+    queries = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]])
+    scores, indices = SparseIndex(database).search(queries, 4)
+    assert indices.tolist() == [[2, 5, 7, 0], [0, 1, 2, 3], [0, 1, 2, 3]]
+    assert scores.tolist() == [[1.0, 1.0, 1.0, 0.0], [0.0] * 4, [0.0] * 4]
+
+
+def test_dense_database_uses_the_dense_backend_with_the_same_answer() -> None:
+    database, queries = sparse_rows(500, 64, 0.5, seed=3), sparse_rows(40, 64, 0.5, seed=4)
+    index = SparseIndex(database)
+    assert index.backend == "dense" and index.nbytes == index.dense_nbytes
+    scores, indices = index.search(queries, 7)
+    assert_exact_top_k(queries, database, scores, indices, 7)
+
+
+def test_scipy_sparse_inputs_and_memory_size() -> None:
+    database = sparse_rows(3000, 512, 0.95, seed=5)
+    matrix = sp.csr_matrix(database.numpy())
+    index = SparseIndex(matrix)
+    nnz = matrix.nnz
+    assert index.nbytes == nnz * (4 + 4) + (512 + 1) * 8  # float32 values, uint32 items, int64 offsets
+    assert index.dense_nbytes == 3000 * 512 * 4
+    assert index.dense_nbytes / index.nbytes > 9.5  # 95% zeros: about 10x smaller
+    queries = sparse_rows(50, 512, 0.95, seed=6)
+    scores, indices = index.search(sp.csr_matrix(queries.numpy()), 3)
+    expected_scores, expected_indices = SparseIndex(database).search(queries, 3)
+    assert torch.equal(indices, expected_indices) and torch.equal(scores, expected_scores)
+    assert "backend='inverted'" in repr(index)
+
+
+def test_search_bad_inputs() -> None:
+    index = SparseIndex(sparse_rows(20, 8, 0.8, seed=7))
+    with pytest.raises(ValueError, match="queries have 9 dims"):
+        index.search(torch.rand(2, 9), 1)
+    with pytest.raises(ValueError, match="k=21 exceeds the 20"):
+        index.search(torch.rand(2, 8), 21)
+    with pytest.raises(ValueError, match="k=20 exceeds the 19"):
+        index.search_self(20)
+    with pytest.raises(ValueError, match="k must be an int"):
+        index.search(torch.rand(2, 8), 0)
+    with pytest.raises(ValueError, match="database contains NaN"):
+        SparseIndex(torch.tensor([[float("nan"), 1.0]]))
+    with pytest.raises(ValueError, match="database must be 2-D"):
+        SparseIndex(torch.ones(3))
