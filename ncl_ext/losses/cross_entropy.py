@@ -1,0 +1,109 @@
+"""Non-negative cross-entropy (NCE): the supervised counterpart of non-negative contrastive learning.
+
+Wang, Zhang, Guo, Wang, "Non-negative Contrastive Learning" (ICLR 2024, arXiv:2403.12459,
+Sec. 6) pass the penultimate features of a classifier through a non-negative map (ReLU)
+before the linear classification layer. The features become sparse and each dimension
+fires for few classes, at equal or better accuracy (ImageNet-100: CE 76.1 vs NCE 78.6).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ncl_ext.losses._checks import check_features, check_nonneg_mode
+from ncl_ext.nonneg import nonneg as apply_nonneg
+
+
+class NonNegativeCrossEntropyLoss(nn.Module):
+    """A linear classifier on non-negative features, trained with cross-entropy.
+
+    ``logits = nonneg(features) @ W.T (+ b)``, ``loss = cross_entropy(logits, labels)``.
+    The module owns the classifier, so its parameters must be given to the optimiser.
+
+    Args:
+        in_features: feature dimension.
+        num_classes: number of classes.
+        nonneg: the map applied to the features, a mode of :func:`ncl_ext.nonneg`;
+            ``None`` gives plain cross-entropy with a linear classifier (the CE baseline).
+        bias: give the classifier a bias (off by default, as in the paper's NCE).
+        nonneg_weights: also pass the class weights through the same non-negative map, so
+            that every class is a non-negative combination of feature dimensions.
+        label_smoothing: as in :func:`torch.nn.functional.cross_entropy`, in ``[0, 1]``.
+        check_finite: raise a ValueError on NaN / Inf features.
+
+    Examples:
+        >>> import torch
+        >>> loss_fn = NonNegativeCrossEntropyLoss(in_features=16, num_classes=3)
+        >>> features, labels = torch.randn(8, 16), torch.randint(0, 3, (8,))
+        >>> loss = loss_fn(features, labels)
+        >>> loss_fn.logits(features).argmax(dim=1).shape    # predictions
+        torch.Size([8])
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        nonneg: str | None = "relu",
+        bias: bool = False,
+        nonneg_weights: bool = False,
+        label_smoothing: float = 0.0,
+        check_finite: bool = True,
+    ) -> None:
+        super().__init__()
+        for name, value in (("in_features", in_features), ("num_classes", num_classes)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if not isinstance(label_smoothing, (int, float)) or not 0.0 <= label_smoothing <= 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
+        self.nonneg = check_nonneg_mode(nonneg)
+        if nonneg_weights and self.nonneg is None:
+            raise ValueError("nonneg_weights=True needs a nonneg mode (got nonneg=None)")
+        self.in_features = in_features
+        self.num_classes = num_classes
+        self.nonneg_weights = nonneg_weights
+        self.label_smoothing = float(label_smoothing)
+        self.check_finite = check_finite
+        self.weight = nn.Parameter(torch.empty(num_classes, in_features))
+        self.bias = nn.Parameter(torch.empty(num_classes)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """``nn.Linear``'s initialisation; with non-negative weights, its absolute value."""
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.nonneg_weights:
+            with torch.no_grad():
+                self.weight.abs_()
+        if self.bias is not None:
+            bound = 1 / math.sqrt(self.in_features)
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """Class scores ``(batch, num_classes)`` of ``features`` ``(batch, in_features)``."""
+        check_features(features, "features", self.check_finite)
+        if features.shape[1] != self.in_features:
+            raise ValueError(f"features must have {self.in_features} columns, got shape {tuple(features.shape)}")
+        weight = apply_nonneg(self.weight, self.nonneg) if self.nonneg_weights else self.weight
+        return F.linear(apply_nonneg(features, self.nonneg), weight, self.bias)
+
+    def forward(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of ``features`` ``(batch, in_features)`` against int ``labels`` ``(batch,)``."""
+        logits = self.logits(features)
+        if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.dtype not in (torch.int32, torch.int64):
+            raise ValueError("labels must be a 1-D integer tensor of class indices")
+        if labels.shape[0] != features.shape[0]:
+            raise ValueError(f"labels has {labels.shape[0]} entries but features has {features.shape[0]} rows")
+        if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise ValueError(f"labels must be in [0, num_classes={self.num_classes})")
+        return F.cross_entropy(logits, labels.long(), label_smoothing=self.label_smoothing)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, num_classes={self.num_classes}, nonneg={self.nonneg!r}, "
+            f"bias={self.bias is not None}, nonneg_weights={self.nonneg_weights}, "
+            f"label_smoothing={self.label_smoothing}"
+        )
