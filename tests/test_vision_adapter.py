@@ -252,6 +252,32 @@ def test_nce_without_projector_equals_ce_on_a_relu_ended_backbone():
         torch.testing.assert_close(nce(x), ce(x), rtol=0, atol=0)
 
 
+def test_nce_with_non_negative_class_weights_matches_a_numpy_reference():
+    """The paper's NCE: logits = relu(f(x)) relu(W)^T; on a ReLU-ended backbone this differs from CE."""
+    ce = NonNegativeClassifier(SmallCNN(), num_classes=10).eval()
+    nce = NonNegativeClassifier(SmallCNN(), num_classes=10, nonneg="relu", nonneg_weights=True).eval()
+    assert (nce.classifier.weight >= 0).all()  # initialised as |W|: no class weight starts dead
+    nce.load_state_dict(ce.state_dict())  # signed weights, so the map on them is visible
+    x = digits_batch(8)
+    with torch.no_grad():
+        features = nce.backbone(x).numpy()
+        logits = nce(x)
+    weight = ce.classifier.weight.detach().numpy()
+    expected = np.maximum(features, 0) @ np.maximum(weight, 0).T
+    np.testing.assert_allclose(logits.numpy(), expected, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(logits, ce(x).detach())
+    torch.testing.assert_close(nce.class_weights(), ce.classifier.weight.clamp_min(0))
+
+    trained = NonNegativeClassifier(SmallCNN(), 10, nonneg="relu", nonneg_weights=True).train()
+    nn.functional.cross_entropy(trained(digits_batch(8)), torch.arange(8)).backward()
+    assert trained.backbone.layers[0].weight.grad.abs().sum() > 0
+    assert trained.classifier.weight.grad.abs().sum() > 0
+    assert variant_options("nce")["nonneg_weights"] and not variant_options("ce")["nonneg_weights"]
+    assert not variant_options("nce", nonneg_weights=False)["nonneg_weights"]
+    with pytest.raises(ValueError, match="nonneg_weights=True needs a nonneg mode"):
+        NonNegativeClassifier(SmallCNN(), 10, nonneg_weights=True)
+
+
 def test_classifier_gradients_and_state_dict_round_trip(tmp_path):
     model = NonNegativeClassifier(SmallCNN(), num_classes=10, nonneg="relu", projector_dims=(64, 32)).train()
     loss = nn.functional.cross_entropy(model(digits_batch(8)), torch.arange(8))

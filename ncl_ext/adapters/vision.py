@@ -4,7 +4,7 @@ Wang, Zhang, Guo, Wang, "Non-negative Contrastive Learning", ICLR 2024
 (arXiv:2403.12459). Self-supervised NCL is SimCLR with one change: the projector's
 output passes through a non-negative map (:class:`~ncl_ext.nonneg.NonNegative`) before
 the loss. Its supervised analogue, non-negative cross-entropy (NCE), makes the features
-that feed the linear classifier non-negative.
+that feed the linear classifier, and the class weights, non-negative.
 
 - :class:`ContrastiveModel`: backbone -> MLP projector -> optional non-negative head;
   returns the backbone features ``h`` (for linear probes) and the projections ``z``
@@ -458,18 +458,24 @@ class ContrastiveModel(nn.Module):
 
 
 class NonNegativeClassifier(nn.Module):
-    """A classifier whose penultimate features are non-negative under NCE.
+    """A classifier whose penultimate features (and optionally class weights) are non-negative under NCE.
 
     ``logits = W f(x)`` with ``f(x) = NonNegative(nonneg)(projector(backbone(x)))``
-    (NCE) or ``f(x) = projector(backbone(x))`` (CE, ``nonneg=None``); the paper's
-    non-negative cross-entropy keeps the usual cross-entropy loss and only changes
-    ``f``. The classifier has no bias by default, so the logits are exactly the inner
-    products of the features with the class weights.
+    (NCE) or ``f(x) = projector(backbone(x))`` (CE, ``nonneg=None``); the loss stays the
+    usual cross-entropy. The classifier has no bias by default, so the logits are exactly
+    the inner products of the features with the class weights.
 
-    Backbones whose pooled features are already non-negative (ReLU before average
-    pooling: torchvision ResNets, :class:`SmallCNN` by default) make NCE without a
-    projector identical to CE; there the non-negative map matters after a projector
-    (``projector_dims``), or with signed features (ViTs, ``SmallCNN(final_relu=False)``).
+    The paper (Sec. 6) reads cross-entropy as contrastive learning between a sample's
+    features ``f(x)`` and the class weights ``W_y``, and NCE makes *both* sides
+    non-negative, as NCL does for its two views: ``logits = f+(x) W+^T``. With
+    ``nonneg_weights=True`` the class weights pass through the same non-negative map
+    (``W+ = NonNegative(nonneg)(W)``, initialised as ``|W|``); :func:`variant_options`
+    sets it for the ``nce`` rows. This is what gives NCE its effect on backbones whose
+    pooled features are already non-negative (ReLU before average pooling: torchvision
+    ResNets, :class:`SmallCNN` by default): there ``nonneg`` on the features alone
+    computes exactly what CE does, while non-negative class weights make every class a
+    non-negative combination of feature dimensions, so each dimension must fire for few
+    classes (sparse, class-aligned features).
 
     Args:
         backbone: any ``nn.Module`` returning features (see :func:`extract_features`);
@@ -478,6 +484,7 @@ class NonNegativeClassifier(nn.Module):
         nonneg: ``None`` for CE, a mode (``"relu"``, ...) for NCE.
         projector_dims: optional MLP projector before the head (:func:`projection_mlp`).
         bias: whether the linear classifier has a bias.
+        nonneg_weights: also map the class weights through ``nonneg`` (needs ``nonneg``).
         feature_dim, output_field, input_shape: as in :class:`ContrastiveModel`.
 
     Examples:
@@ -496,6 +503,7 @@ class NonNegativeClassifier(nn.Module):
         bias: bool = False,
         feature_dim: int | None = None,
         *,
+        nonneg_weights: bool = False,
         output_field: OutputField = None,
         input_shape: Sequence[int] | None = None,
     ) -> None:
@@ -503,6 +511,9 @@ class NonNegativeClassifier(nn.Module):
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes={num_classes!r}; expected a positive int")
         self.nonneg = check_mode(nonneg, "nonneg", allow_none=True)
+        if nonneg_weights and self.nonneg is None:
+            raise ValueError("nonneg_weights=True needs a nonneg mode (got nonneg=None)")
+        self.nonneg_weights = bool(nonneg_weights)
         self.backbone = _check_backbone(backbone)
         self.output_field = output_field
         self.feature_dim = _feature_dim(backbone, feature_dim, output_field, input_shape)
@@ -510,6 +521,14 @@ class NonNegativeClassifier(nn.Module):
         self.projector = projection_mlp(self.feature_dim, dims)
         self.head = NonNegative(nonneg) if nonneg is not None else nn.Identity()
         self.classifier = nn.Linear(dims[-1] if dims else self.feature_dim, num_classes, bias=bias)
+        if self.nonneg_weights:
+            with torch.no_grad():  # start with every class weight active (relu would kill half of them)
+                self.classifier.weight.abs_()
+
+    def class_weights(self) -> torch.Tensor:
+        """The ``(num_classes, D)`` weights the logits use (non-negative with ``nonneg_weights``)."""
+        weight = self.classifier.weight
+        return self.head(weight) if self.nonneg_weights else weight
 
     def penultimate(self, images: torch.Tensor) -> torch.Tensor:
         """The features that feed the classifier (non-negative under NCE)."""
@@ -518,7 +537,7 @@ class NonNegativeClassifier(nn.Module):
 
     def forward(self, images: torch.Tensor, return_features: bool = False) -> torch.Tensor | ClassifierOutput:
         features = self.penultimate(images)
-        logits = self.classifier(features)
+        logits = nn.functional.linear(features, self.class_weights(), self.classifier.bias)
         return ClassifierOutput(logits, features) if return_features else logits
 
     @classmethod
@@ -530,6 +549,7 @@ class NonNegativeClassifier(nn.Module):
         projector_dims: Sequence[int] | None = None,
         bias: bool = False,
         *,
+        nonneg_weights: bool = False,
         input_shape: Sequence[int] | None = None,
     ) -> NonNegativeClassifier:
         """Turn a torchvision, timm or Hugging Face image classifier into a (non-negative) one.
@@ -553,6 +573,7 @@ class NonNegativeClassifier(nn.Module):
             nonneg=nonneg,
             projector_dims=projector_dims,
             bias=bias,
+            nonneg_weights=nonneg_weights,
             output_field=output_field,
             input_shape=input_shape,
         )
@@ -585,23 +606,29 @@ def _is_hf_model(model: nn.Module) -> bool:
     return transformers is not None and isinstance(model, transformers.PreTrainedModel)
 
 
-def variant_options(variant: str, mode: str = "relu", projector_dims: Sequence[int] = (2048, 512)) -> dict[str, Any]:
-    """``nonneg`` and ``projector_dims`` for a row of the paper's supervised table.
+def variant_options(
+    variant: str, mode: str = "relu", projector_dims: Sequence[int] = (2048, 512), nonneg_weights: bool = True
+) -> dict[str, Any]:
+    """``nonneg``, ``projector_dims`` and ``nonneg_weights`` for a row of the paper's supervised table.
 
-    ``"ce"``: plain features; ``"nce"``: ``mode`` on the features; ``"ce_mlp"`` /
-    ``"nce_mlp"``: the same after an MLP projector with ``projector_dims``. Pass the
-    result to :class:`NonNegativeClassifier` or :meth:`NonNegativeClassifier.from_classifier`.
+    ``"ce"``: plain features and weights; ``"nce"``: ``mode`` on the features and, with
+    ``nonneg_weights`` (the paper's formulation, see :class:`NonNegativeClassifier`), on
+    the class weights; ``"ce_mlp"`` / ``"nce_mlp"``: the same after an MLP projector with
+    ``projector_dims``. Pass the result to :class:`NonNegativeClassifier` or
+    :meth:`NonNegativeClassifier.from_classifier`.
 
     Examples:
         >>> variant_options("nce_mlp")
-        {'nonneg': 'relu', 'projector_dims': (2048, 512)}
+        {'nonneg': 'relu', 'projector_dims': (2048, 512), 'nonneg_weights': True}
     """
     if variant not in CLASSIFIER_VARIANTS:
         raise ValueError(f"variant={variant!r}; expected one of {CLASSIFIER_VARIANTS}")
     check_mode(mode, "mode")
+    nce = variant.startswith("nce")
     return {
-        "nonneg": mode if variant.startswith("nce") else None,
+        "nonneg": mode if nce else None,
         "projector_dims": tuple(projector_dims) if variant.endswith("_mlp") else None,
+        "nonneg_weights": nce and bool(nonneg_weights),
     }
 
 
@@ -611,6 +638,7 @@ def classifier_variant(
     num_classes: int,
     mode: str = "relu",
     projector_dims: Sequence[int] = (2048, 512),
+    nonneg_weights: bool = True,
     **kwargs: Any,
 ) -> NonNegativeClassifier:
     """Build one of the paper's four classifiers (``ce``, ``nce``, ``ce_mlp``, ``nce_mlp``) on ``backbone``.
@@ -623,4 +651,5 @@ def classifier_variant(
         >>> [models[v].classifier.in_features for v in CLASSIFIER_VARIANTS]
         [128, 128, 64, 64]
     """
-    return NonNegativeClassifier(backbone, num_classes, **variant_options(variant, mode, projector_dims), **kwargs)
+    options = variant_options(variant, mode, projector_dims, nonneg_weights)
+    return NonNegativeClassifier(backbone, num_classes, **options, **kwargs)

@@ -29,6 +29,7 @@ __all__ = ["RECIPES", "run_recipe"]
 #: Recipe name on the command line -> module implementing it.
 RECIPES: dict[str, str] = {
     "vision-ssl": "ncl_ext.recipes.vision_ssl",
+    "supervised-nce": "ncl_ext.recipes.supervised_nce",
 }
 
 
