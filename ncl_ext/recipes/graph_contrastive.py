@@ -42,7 +42,7 @@ from ncl_ext import analysis
 from ncl_ext.adapters.graph import GRACE, OBJECTIVES, GCNEncoder, GraphAugmentation
 from ncl_ext.data.graphs import GRAPH_DATASETS, load_graph_dataset, planted_partition_graph
 from ncl_ext.nonneg import check_mode
-from ncl_ext.training import TrainConfig, Trainer, seed_everything
+from ncl_ext.training import TrainConfig, Trainer, make_accelerator, seed_everything
 
 RUN_NAMES = ("cl", "ncl")
 SYNTHETIC = "synthetic"
@@ -144,9 +144,7 @@ DEFAULT_PRESET = SYNTHETIC
 
 def run(config: Config, output: Path) -> dict[str, dict[str, Any]]:
     """Train and evaluate every run in ``config.runs`` on one graph; return their metrics."""
-    from accelerate import Accelerator
-
-    accelerator = Accelerator(cpu=config.device == "cpu")
+    accelerator = make_accelerator(config.device)
     graph = load_graph(config, output).to(accelerator.device)
     accelerator.print(
         f"graph {config.dataset}: {graph.num_nodes} nodes, {graph.num_edges} edges, "
