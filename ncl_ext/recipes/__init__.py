@@ -30,6 +30,7 @@ __all__ = ["RECIPES", "run_recipe"]
 RECIPES: dict[str, str] = {
     "vision-ssl": "ncl_ext.recipes.vision_ssl",
     "supervised-nce": "ncl_ext.recipes.supervised_nce",
+    "sentence-embedding": "ncl_ext.recipes.sentence_embedding",
     "graph-contrastive": "ncl_ext.recipes.graph_contrastive",
     "clip-finetune": "ncl_ext.recipes.clip_finetune",
 }
