@@ -8,7 +8,7 @@ import torch
 from sklearn.metrics import average_precision_score
 
 from ncl_ext.analysis import cosine_top_k, mean_average_precision, retrieval_precision
-from ncl_ext.analysis.retrieval import _prefer_inverted_index
+from ncl_ext.analysis.retrieval import _normalized_sparse_rows, _prefer_inverted_index
 
 
 def reference_rankings(z: np.ndarray) -> list[np.ndarray]:
@@ -59,7 +59,9 @@ def features(kind: str, seed: int = 0, shape: tuple[int, int] = (120, 64)) -> to
 def test_precision_and_map_match_loops(kind: str, k: int) -> None:
     z = features(kind)
     labels = np.arange(len(z)) % 6
-    assert _prefer_inverted_index(z, z) == (kind == "sparse")  # both search paths are covered
+    rows = _normalized_sparse_rows(torch.as_tensor(z))
+    uses_index = rows is not None and _prefer_inverted_index(rows, rows, self_join=True)
+    assert uses_index == (kind == "sparse")  # both search paths are covered
     array = z.double().numpy()
     assert retrieval_precision(z, labels, k=k) == pytest.approx(reference_precision(array, labels, k), abs=1e-12)
     assert mean_average_precision(z, labels, k=k) == pytest.approx(reference_map(array, labels, k), abs=1e-12)

@@ -117,3 +117,17 @@ def test_search_bad_inputs() -> None:
         SparseIndex(torch.tensor([[float("nan"), 1.0]]))
     with pytest.raises(ValueError, match="database must be 2-D"):
         SparseIndex(torch.ones(3))
+
+
+def test_to_csr_and_row_normalisation_match_scipy_and_torch() -> None:
+    from ncl_ext.analysis._sparse import l2_normalize_rows, to_csr
+
+    dense = torch.relu(torch.randn(50, 33, generator=torch.Generator().manual_seed(3)) - 1.0)
+    dense[7] = 0.0  # an all-zero row
+    dense[8, 2] = -0.0  # negative zero is a zero
+    expected = sp.csr_matrix(dense.numpy())
+    csr = to_csr(dense)
+    assert (csr != expected).nnz == 0
+    assert csr.nnz == expected.nnz and csr.has_sorted_indices
+    normalised = l2_normalize_rows(csr).toarray()
+    np.testing.assert_allclose(normalised, F.normalize(dense, dim=1).numpy(), rtol=1e-6, atol=1e-7)

@@ -162,9 +162,13 @@ def top_k_inner_products(
                     query_dims, query_values, start, stop, posting_indptr, posting_items, posting_values, -1,
                     accumulator,
                 )  # fmt: skip
+                root_score, root_item = heap_scores[0, 0], heap_items[0, 0]
                 for item in range(num_items):
-                    _offer(heap_scores, heap_items, 0, accumulator[item], item, k)
+                    score = accumulator[item]
                     accumulator[item] = 0.0
+                    if _worse(root_score, root_item, score, item):
+                        _offer(heap_scores, heap_items, 0, score, item, k)
+                        root_score, root_item = heap_scores[0, 0], heap_items[0, 0]
             _write_sorted(heap_scores, heap_items, 0, k, out_scores, out_items, query)
 
 
@@ -218,10 +222,14 @@ def top_k_self_join(
                     row_dims, row_values, start, stop, posting_indptr, posting_items, posting_values, query,
                     accumulator,
                 )  # fmt: skip
+                # The heap root (worst kept score) lives in registers between the rare updates.
+                root_score, root_item = scores[query, 0], items[query, 0]
                 for item in range(query + 1, num_items):
                     score = accumulator[item]
                     accumulator[item] = 0.0
-                    _offer(scores, items, query, score, item, k)
+                    if _worse(root_score, root_item, score, item):
+                        _offer(scores, items, query, score, item, k)
+                        root_score, root_item = scores[query, 0], items[query, 0]
                     if score >= worst[item]:
                         _offer(scores, items, item, score, query, k)
                         worst[item] = scores[item, 0]

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
 from ncl_ext.analysis._checks import as_features, as_labels, check_int
-from ncl_ext.analysis._sparse import to_csr
+from ncl_ext.analysis._sparse import density, l2_normalize_rows, to_csr
 from ncl_ext.analysis.sparse_index import MAX_SPARSE_DENSITY, SparseIndex
 from ncl_ext.analysis.topk import dense_top_k
 
@@ -33,18 +35,22 @@ __all__ = ["cosine_top_k", "mean_average_precision", "retrieval_precision"]
 _SPARSE_OP_COST = 100
 
 
-def _prefer_inverted_index(queries: torch.Tensor, database: torch.Tensor) -> bool:
-    """Whether the posting-list search does less work than the dense product (CPU only)."""
-    if queries.device.type != "cpu" or database.device.type != "cpu":
-        return False
-    database_counts = (database != 0).sum(0).double()
-    if float(database_counts.sum()) > MAX_SPARSE_DENSITY * database.numel():
-        return False
-    query_counts = database_counts if queries is database else (queries != 0).sum(0).double()
+def _normalized_sparse_rows(features: torch.Tensor) -> sp.csr_matrix | None:
+    """L2-normalised rows as CSR when ``features`` are on the CPU and sparse enough, else ``None``."""
+    if features.device.type != "cpu" or density(features) > MAX_SPARSE_DENSITY:
+        return None
+    return l2_normalize_rows(to_csr(features))
+
+
+def _prefer_inverted_index(queries: sp.csr_matrix, database: sp.csr_matrix, self_join: bool) -> bool:
+    """Whether the posting-list search does less work than the dense product."""
+    dim = database.shape[1]
+    database_counts = np.bincount(database.indices, minlength=dim).astype(np.float64)
+    query_counts = database_counts if self_join else np.bincount(queries.indices, minlength=dim).astype(np.float64)
     sparse_work = float(query_counts @ database_counts) * _SPARSE_OP_COST
-    if queries is database:
+    if self_join:
         sparse_work /= 2  # the self-join scores each pair once
-    return sparse_work < queries.shape[0] * database.shape[0] * database.shape[1]
+    return sparse_work < queries.shape[0] * database.shape[0] * dim
 
 
 def cosine_top_k(queries: Any, database: Any = None, k: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,19 +65,23 @@ def cosine_top_k(queries: Any, database: Any = None, k: int = 10) -> tuple[torch
     Rows are L2-normalised (all-zero rows stay zero and score 0 against everything). Sparse
     CPU features go through :class:`SparseIndex`, the rest through a blocked matrix product.
     """
-    queries = F.normalize(as_features(queries, "queries").float(), dim=1)
+    queries = as_features(queries, "queries").float()
     self_join = database is None
-    database = queries if self_join else F.normalize(as_features(database, "database").float(), dim=1)
+    database = queries if self_join else as_features(database, "database").float()
     if database.shape[1] != queries.shape[1]:
         raise ValueError(f"queries have {queries.shape[1]} dims but database has {database.shape[1]}")
     available = database.shape[0] - (1 if self_join else 0)
     k = check_int(k, "k")
     if k > available:
         raise ValueError(f"k={k} exceeds the {available} items that can be retrieved per query")
-    if _prefer_inverted_index(queries, database):
-        index = SparseIndex(to_csr(database))
-        return index.search_self(k) if self_join else index.search(to_csr(queries), k)
-    return dense_top_k(queries, database.to(queries.device), k, exclude_self=self_join)
+    sparse_database = _normalized_sparse_rows(database)
+    sparse_queries = sparse_database if self_join or sparse_database is None else _normalized_sparse_rows(queries)
+    if sparse_queries is not None and _prefer_inverted_index(sparse_queries, sparse_database, self_join):
+        index = SparseIndex(sparse_database)
+        return index.search_self(k) if self_join else index.search(sparse_queries, k)
+    queries = F.normalize(queries, dim=1)
+    database = queries if self_join else F.normalize(database, dim=1).to(queries.device)
+    return dense_top_k(queries, database, k, exclude_self=self_join)
 
 
 def _neighbour_labels(features: Any, labels: Any, k: int) -> tuple[torch.Tensor, torch.Tensor]:
