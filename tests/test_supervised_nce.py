@@ -41,7 +41,7 @@ def test_digits_default_writes_the_four_runs_with_the_design_metric_names(tmp_pa
     assert (tmp_path / "acc_curves.md").read_text().count("\n") == 2 + 2
 
     # Reload the finished NCE run; recompute its logits as relu(f) relu(W)^T and its metrics in numpy.
-    model = NonNegativeClassifier(SmallCNN(), 10, nonneg="relu", nonneg_weights=True)
+    model = NonNegativeClassifier(SmallCNN(final_relu=False), 10, nonneg="relu", nonneg_weights=True)
     load_checkpoint(tmp_path / "nce" / "checkpoints", model)
     model.eval()
     test = load_digits().test

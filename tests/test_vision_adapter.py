@@ -374,3 +374,14 @@ def test_from_classifier_without_a_head_is_a_clear_error():
         NonNegativeClassifier.from_classifier(headless)
     with pytest.raises(ValueError, match="num_classes=0"):
         NonNegativeClassifier(SmallCNN(), num_classes=0)
+
+
+def test_small_cnn_signed_is_the_small_cnn_without_its_last_relu():
+    images = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    plain = build_backbone("small_cnn")
+    torch.manual_seed(0)
+    signed = build_backbone("small_cnn_signed")
+    assert signed.load_state_dict(plain.state_dict()) is not None  # same parameters, same names
+    plain.eval(), signed.eval()
+    assert bool((plain(images) >= 0).all()) and bool((signed(images) < 0).any())

@@ -173,7 +173,7 @@ def resnet18_imagenet(in_channels: int = 3, weights: str | None = None) -> nn.Mo
 
 
 _BACKBONE_NAMES = (
-    "'small_cnn', 'resnet18_cifar', 'resnet18' (also 34/50/101/152, '_cifar'), 'timm:<name>', 'hf:<local folder>'"
+    "'small_cnn', 'small_cnn_signed', 'resnet18_cifar', 'resnet18' (also 34/50/101/152, '_cifar'), 'timm:<name>', 'hf:<local folder>'"
 )
 
 
@@ -181,8 +181,10 @@ def build_backbone(name: str, in_channels: int | None = None, pretrained: bool =
     """Build a feature backbone (classification head removed) from a recipe's name string.
 
     Args:
-        name: ``"small_cnn"``; ``"resnet18_cifar"`` / ``"resnet18"`` (torchvision; also
-            resnet34/50/101/152, with ``_cifar`` for the CIFAR stem); ``"timm:<model>"``
+        name: ``"small_cnn"``; ``"small_cnn_signed"`` (the same CNN with signed
+            features: its last block ends at BatchNorm, see :class:`SmallCNN`);
+            ``"resnet18_cifar"`` / ``"resnet18"`` (torchvision; also resnet34/50/101/152,
+            with ``_cifar`` for the CIFAR stem); ``"timm:<model>"``
             (``timm.create_model(<model>, num_classes=0)``); ``"hf:<folder>"`` (a local
             Hugging Face checkpoint loaded with ``AutoModel``, never downloaded).
         in_channels: image channels; default 1 for ``small_cnn`` (digits), 3 otherwise.
@@ -195,7 +197,9 @@ def build_backbone(name: str, in_channels: int | None = None, pretrained: bool =
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"backbone name={name!r}; expected one of {_BACKBONE_NAMES}")
-    if name == "small_cnn":
+    if name in ("small_cnn", "small_cnn_signed"):
+        if name == "small_cnn_signed":
+            kwargs = {**kwargs, "final_relu": False}
         return SmallCNN(in_channels=1 if in_channels is None else in_channels, **kwargs)
     channels = 3 if in_channels is None else in_channels
     resnet = re.fullmatch(r"(resnet\d+)(_cifar|_imagenet)?", name)

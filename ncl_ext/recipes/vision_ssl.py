@@ -49,7 +49,7 @@ class Config:
     device: str | None = None
     runs: tuple[str, ...] = RUN_NAMES
     backbone: str = "small_cnn"
-    projector: tuple[int, ...] = (1024, 256)
+    projector: tuple[int, ...] = (1024, 1024)
     nonneg: str = "relu"
     loss: str = "infonce"
     temperature: float = 0.2
