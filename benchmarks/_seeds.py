@@ -1,34 +1,83 @@
-"""Run a recipe's offline default once per seed, timed, into fresh folders (nothing resumed)."""
+"""Shared driver of the per-seed benchmarks: run a recipe's offline default once per seed, check targets, save tables.
+
+Each seed runs into a fresh folder (nothing resumed) and is timed; the load average
+before and after is kept, since on a CPU shared with other processes the wall-clock time
+is pessimistic.
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import tempfile
 import time
+from pathlib import Path
+from collections.abc import Callable
 from typing import Any
+
+import torch
 
 from ncl_ext.recipes import run_recipe
 
+RESULTS = Path(__file__).resolve().parent / "results"
 
-def run_per_seed(recipe: str, seeds: list[int], overrides: list[str], device: str) -> list[dict[str, Any]]:
-    """One record per seed: the recipe's ``runs``, its ``config``, wall time and load average."""
+
+def seed_benchmark(
+    recipe: str,
+    result_name: str,
+    title: str,
+    columns: tuple[tuple[str, str], ...],
+    targets: Callable[[dict[str, dict], float], dict[str, bool]],
+    describe: Callable[[dict[str, Any]], str],
+    description: str,
+) -> None:
+    """Command-line entry point: ``--seeds``, ``--device`` and recipe ``KEY=VALUE`` overrides.
+
+    Args:
+        recipe: the recipe to run (its default preset).
+        result_name: writes ``benchmarks/results/<result_name>.md`` and ``.json``.
+        title: the markdown heading.
+        columns: ``(metric, column title)`` of the per-seed table.
+        targets: ``(runs, wall_seconds) -> {target: met}`` for one seed.
+        describe: one line about the settings, from the recipe's config.
+        description: the ``--help`` text.
+    """
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides, e.g. epochs=100")
+    args = parser.parse_args()
+
     records = []
-    for seed in seeds:
+    for seed in args.seeds:
         load_before = os.getloadavg()
         started = time.perf_counter()
         with tempfile.TemporaryDirectory() as output:
-            results = run_recipe(recipe, overrides=[*overrides, f"seed={seed}"], output=output, device=device)
+            results = run_recipe(recipe, overrides=[*args.overrides, f"seed={seed}"], output=output, device=args.device)
+        wall = round(time.perf_counter() - started, 1)
         records.append({
-            "seed": seed, "runs": results["runs"], "config": results["config"],
-            "wall_seconds": round(time.perf_counter() - started, 1),
+            "seed": seed, "runs": results["runs"], "wall_seconds": wall, "targets": targets(results["runs"], wall),
             "load_average_before": [round(x, 2) for x in load_before],
             "load_average_after": [round(x, 2) for x in os.getloadavg()],
         })
-    return records
+    config = results["config"]
+    table = "\n".join([
+        f"### {title}",
+        "",
+        f"{describe(config)}; {torch.get_num_threads()} torch threads, {os.cpu_count()} cores.",
+        "",
+        *_metric_rows(records, columns),
+        "",
+        *_verdict_rows(records),
+    ])
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{result_name}.md").write_text(table + "\n")
+    (RESULTS / f"{result_name}.json").write_text(json.dumps({"config": config, "seeds": records}, indent=2) + "\n")
+    print(table)
 
 
-def metric_rows(records: list[dict[str, Any]], columns: tuple[tuple[str, str], ...]) -> list[str]:
-    """Markdown table ``| seed | run | <column titles> |`` of every seed's runs; ``columns``: (metric, title)."""
+def _metric_rows(records: list[dict[str, Any]], columns: tuple[tuple[str, str], ...]) -> list[str]:
     lines = ["| seed | run | " + " | ".join(title for _, title in columns) + " |", "|---|---|" + "---:|" * len(columns)]
     for record in records:
         for name, metrics in record["runs"].items():
@@ -36,8 +85,7 @@ def metric_rows(records: list[dict[str, Any]], columns: tuple[tuple[str, str], .
     return lines
 
 
-def verdict_rows(records: list[dict[str, Any]]) -> list[str]:
-    """Markdown rows ``| seed | wall time | load before / after | targets met |`` (records carry ``targets``)."""
+def _verdict_rows(records: list[dict[str, Any]]) -> list[str]:
     lines = ["| seed | wall time | load before / after | targets met |", "|---|---:|---|---|"]
     for record in records:
         missed = [key for key, ok in record["targets"].items() if not ok]

@@ -18,16 +18,10 @@ Results go to ``benchmarks/results/supervised_digits.md`` and ``.json``.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-from pathlib import Path
+from typing import Any
 
-import torch
+from _seeds import seed_benchmark
 
-from _seeds import metric_rows, run_per_seed, verdict_rows
-
-RESULTS = Path(__file__).resolve().parent / "results"
 COLUMNS = (
     ("test_acc", "test accuracy"), ("sparsity", "sparsity"), ("semantic_consistency", "consistency"),
     ("active_dims", "active dims"),
@@ -43,35 +37,21 @@ def targets(runs: dict, wall: float) -> dict[str, bool]:
     return checks
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides, e.g. epochs=60")
-    args = parser.parse_args()
-
-    records = run_per_seed("supervised-nce", args.seeds, args.overrides, args.device)
-    for record in records:
-        record["targets"] = targets(record["runs"], record["wall_seconds"])
-    config = records[0]["config"]
-    table = "\n".join([
-        "### `ncl-ext run supervised-nce` (digits), CE vs NCE per seed",
-        "",
-        (
-            f"{config['backbone']}, projector {'→'.join(map(str, config['projector']))} for the _mlp rows, "
-            f"{config['epochs']} epochs, batch {config['batch_size']}, {config['optimizer']}, "
-            f"nonneg_weights={config['nonneg_weights']}; {torch.get_num_threads()} torch threads, {os.cpu_count()} cores."
-        ),
-        "",
-        *metric_rows(records, COLUMNS),
-        "",
-        *verdict_rows(records),
-    ])
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "supervised_digits.md").write_text(table + "\n")
-    (RESULTS / "supervised_digits.json").write_text(json.dumps({"seeds": records}, indent=2) + "\n")
-    print(table)
+def describe(config: dict[str, Any]) -> str:
+    projector = "→".join(map(str, config["projector"]))
+    return (
+        f"{config['backbone']}, projector {projector} for the _mlp rows, {config['epochs']} epochs, batch "
+        f"{config['batch_size']}, {config['optimizer']}, nonneg_weights={config['nonneg_weights']}"
+    )
 
 
 if __name__ == "__main__":
-    main()
+    seed_benchmark(
+        recipe="supervised-nce",
+        result_name="supervised_digits",
+        title="`ncl-ext run supervised-nce` (digits), CE vs NCE per seed",
+        columns=COLUMNS,
+        targets=targets,
+        describe=describe,
+        description=__doc__.split("\n")[0],
+    )

@@ -26,16 +26,10 @@ Results go to ``benchmarks/results/vision_digits.md`` and ``.json``.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-from pathlib import Path
+from typing import Any
 
-import torch
+from _seeds import seed_benchmark
 
-from _seeds import metric_rows, run_per_seed, verdict_rows
-
-RESULTS = Path(__file__).resolve().parent / "results"
 COLUMNS = (
     ("linear_probe_acc", "linear probe"), ("knn_acc", "kNN"), ("sparsity", "sparsity"),
     ("semantic_consistency", "consistency"), ("precision@10", "P@10"), ("precision@10_ea25", "P@10 EA 25%"),
@@ -43,7 +37,8 @@ COLUMNS = (
 )
 
 
-def targets(cl: dict, ncl: dict, wall: float) -> dict[str, bool]:
+def targets(runs: dict, wall: float) -> dict[str, bool]:
+    cl, ncl = runs["cl"], runs["ncl"]
     return {
         "ncl_sparsity>=0.8_and_cl<0.1": ncl["sparsity"] >= 0.8 and cl["sparsity"] < 0.1,
         "consistency>=3x": ncl["semantic_consistency"] >= 3 * cl["semantic_consistency"],
@@ -54,38 +49,21 @@ def targets(cl: dict, ncl: dict, wall: float) -> dict[str, bool]:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides, e.g. epochs=120")
-    args = parser.parse_args()
-
-    records = run_per_seed("vision-ssl", args.seeds, args.overrides, args.device)
-    for record in records:
-        record["targets"] = targets(record["runs"]["cl"], record["runs"]["ncl"], record["wall_seconds"])
-    table = format_table(records, records[0]["config"])
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "vision_digits.md").write_text(table + "\n")
-    (RESULTS / "vision_digits.json").write_text(json.dumps({"seeds": records}, indent=2) + "\n")
-    print(table)
-
-
-def format_table(records: list[dict], config: dict) -> str:
-    lines = [
-        "### Main job: `ncl-ext run vision-ssl` (digits), CL vs NCL per seed",
-        "",
-        (
-            f"{config['backbone']}, projector {'→'.join(map(str, config['projector']))}, {config['epochs']} epochs, "
-            f"batch {config['batch_size']}, {config['optimizer']}; {torch.get_num_threads()} torch threads, "
-            f"{os.cpu_count()} cores."
-        ),
-        "",
-        *metric_rows(records, COLUMNS),
-    ]
-    lines += ["", *verdict_rows(records)]
-    return "\n".join(lines)
+def describe(config: dict[str, Any]) -> str:
+    projector = "→".join(map(str, config["projector"]))
+    return (
+        f"{config['backbone']}, projector {projector}, {config['epochs']} epochs, batch {config['batch_size']}, "
+        f"{config['optimizer']}"
+    )
 
 
 if __name__ == "__main__":
-    main()
+    seed_benchmark(
+        recipe="vision-ssl",
+        result_name="vision_digits",
+        title="Main job: `ncl-ext run vision-ssl` (digits), CL vs NCL per seed",
+        columns=COLUMNS,
+        targets=targets,
+        describe=describe,
+        description=__doc__.split("\n")[0],
+    )

@@ -118,8 +118,10 @@ def main() -> None:
     lines = [
         f"# SimCLR ResNet-18, 32 px, CL vs NCL step time ({result['device']})",
         "",
-        f"torch {result['torch']}, batch {batch}, {steps} interleaved timed steps each, {dtype}, "
-        f"channels_last={channels_last}, compile={args.compile}",
+        (
+            f"torch {result['torch']}, batch {batch}, {steps} interleaved timed steps each, {dtype}, "
+            f"channels_last={channels_last}, compile={args.compile}"
+        ),
         "",
         "| run | step (ms) | images/s |",
         "|---|---:|---:|",

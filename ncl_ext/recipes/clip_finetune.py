@@ -112,7 +112,7 @@ class Config:
     nonneg: str = "relu"
     # training
     device: str | None = None
-    epochs: int = 60
+    epochs: int = 100
     batch_size: int = 256
     lr: float = 3e-3
     weight_decay: float = 0.1
