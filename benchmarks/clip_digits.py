@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/clip_digits.py                    # seeds 0 1 2, the default settings
-    python benchmarks/clip_digits.py --seeds 0 epochs=60
+    python benchmarks/clip_digits.py epochs=60 --seeds 0
 
 What is measured. For each seed, one call of the ``clip-finetune`` recipe with the
 offline default (a small open_clip model from random init, trained on scikit-learn's

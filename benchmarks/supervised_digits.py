@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/supervised_digits.py              # seeds 0 1 2, the default settings
-    python benchmarks/supervised_digits.py --seeds 0 epochs=60
+    python benchmarks/supervised_digits.py epochs=60 --seeds 0
 
 What is measured. For each seed, one call of the ``supervised-nce`` recipe with the
 default ``digits`` preset into a fresh output folder: the final test accuracy of the four

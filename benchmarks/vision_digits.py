@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/vision_digits.py                  # seeds 0 1 2, the default settings
-    python benchmarks/vision_digits.py --seeds 0 epochs=120
+    python benchmarks/vision_digits.py epochs=120 --seeds 0
 
 What is measured. For each seed, one call of the ``vision-ssl`` recipe with the default
 ``digits`` preset into a fresh output folder (nothing resumed): exactly what
