@@ -24,8 +24,8 @@ under the output folder.
 
 Presets: ``digits`` (the offline default: scikit-learn's 1,797 real 8x8 digits, a small
 CNN whose pooled features are signed, ``small_cnn_signed``, so that the ``nce`` row's ReLU
-acts on them as it would on a transformer's; under a minute on 2 CPU cores), ``cifar10`` / ``cifar100`` (ResNet-18 with the CIFAR stem) and
-``imagenet100`` (ResNet-18 from scratch; pass ``init_from=`` a vision-ssl run's
+acts on them as it would on a transformer's; under a minute on 2 CPU cores), ``cifar10`` /
+``cifar100`` (ResNet-18 with the CIFAR stem) and ``imagenet100`` (ResNet-18 from scratch; pass ``init_from=`` a vision-ssl run's
 ``checkpoints`` folder to fine-tune from its self-supervised backbone instead). The
 optimisation settings of the paper presets are the usual supervised ones (SGD, momentum
 0.9, cosine schedule), not published values.
@@ -50,7 +50,7 @@ from ncl_ext import analysis
 from ncl_ext.adapters.vision import CLASSIFIER_VARIANTS, NonNegativeClassifier, build_backbone, classifier_variant
 from ncl_ext.checkpoint import latest_checkpoint, write_text_atomically
 from ncl_ext.data import augment, images
-from ncl_ext.recipes.vision_ssl import ImageData
+from ncl_ext.recipes.vision_ssl import ImageData, ImageRunSettings
 from ncl_ext.training import TrainConfig, Trainer, make_accelerator, seed_everything
 
 RUN_NAMES = CLASSIFIER_VARIANTS  # ("ce", "nce", "ce_mlp", "nce_mlp")
@@ -58,39 +58,24 @@ REPORTED_FEATURE_METRICS = ("sparsity", "semantic_consistency", "correlation", "
 
 
 @dataclass
-class Config:
-    """Every setting of a CE-vs-NCE run (override any of them with ``key=value``)."""
+class Config(ImageRunSettings):
+    """Every setting of a CE-vs-NCE run (override any of them with ``key=value``), with :class:`ImageRunSettings`."""
 
-    dataset: str = "digits"
-    data_root: str | None = None
-    download: bool = False
-    device: str | None = None
     runs: tuple[str, ...] = RUN_NAMES
     backbone: str = "small_cnn_signed"
     projector: tuple[int, ...] = (256, 128)
     nonneg: str = "relu"
     nonneg_weights: bool = True
     init_from: str | None = None
-    image_size: int | None = None
     epochs: int = 20
     batch_size: int = 128
     base_lr: float = 0.1
     optimizer: str = "sgd"
     weight_decay: float = 5e-4
-    momentum: float = 0.9
     warmup_epochs: float = 1.0
-    grad_accum_steps: int = 1
-    mixed_precision: str = "no"
-    channels_last: bool = False
-    compile: bool = False
-    seed: int = 0
-    checkpoint_every: int = 200
-    num_workers: int = 8
-    eval_batch_size: int = 512
 
     def __post_init__(self) -> None:
-        if self.dataset not in images.DATASETS:
-            raise ValueError(f"dataset={self.dataset!r} is unknown; expected one of {images.DATASETS}")
+        super().__post_init__()
         unknown = [run for run in self.runs if run not in RUN_NAMES]
         if unknown or not self.runs:
             raise ValueError(f"runs={self.runs!r}; expected a non-empty subset of {RUN_NAMES}, e.g. runs=ce,nce")

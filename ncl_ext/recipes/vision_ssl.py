@@ -40,27 +40,15 @@ RUN_NAMES = ("cl", "ncl")
 
 
 @dataclass
-class Config:
-    """Every setting of a vision SSL run (override any of them with ``key=value``)."""
+class ImageRunSettings:
+    """The settings every image recipe shares: the data :class:`ImageData` loads, the device, the training machinery."""
 
     dataset: str = "digits"
     data_root: str | None = None
     download: bool = False
     device: str | None = None
-    runs: tuple[str, ...] = RUN_NAMES
-    backbone: str = "small_cnn"
-    projector: tuple[int, ...] = (1024, 1024)
-    nonneg: str = "relu"
-    loss: str = "infonce"
-    temperature: float = 0.2
     image_size: int | None = None
-    epochs: int = 60
-    batch_size: int = 256
-    base_lr: float = 0.4
-    optimizer: str = "lars"
-    weight_decay: float = 1e-4
     momentum: float = 0.9
-    warmup_epochs: float = 5.0
     grad_accum_steps: int = 1
     mixed_precision: str = "no"
     channels_last: bool = False
@@ -68,16 +56,37 @@ class Config:
     seed: int = 0
     checkpoint_every: int = 200
     num_workers: int = 8
-    probe_epochs: int = 100
-    knn_k: int = 20
-    select_fraction: float = 0.25
-    random_draws: int = 5
     eval_batch_size: int = 512
-    top_images: int = 8
 
     def __post_init__(self) -> None:
         if self.dataset not in images.DATASETS:
             raise ValueError(f"dataset={self.dataset!r} is unknown; expected one of {images.DATASETS}")
+
+
+@dataclass
+class Config(ImageRunSettings):
+    """Every setting of a vision SSL run (override any of them with ``key=value``), with :class:`ImageRunSettings`."""
+
+    runs: tuple[str, ...] = RUN_NAMES
+    backbone: str = "small_cnn"
+    projector: tuple[int, ...] = (1024, 1024)
+    nonneg: str = "relu"
+    loss: str = "infonce"
+    temperature: float = 0.2
+    epochs: int = 60
+    batch_size: int = 256
+    base_lr: float = 0.4
+    optimizer: str = "lars"
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 5.0
+    probe_epochs: int = 100
+    knn_k: int = 20
+    select_fraction: float = 0.25
+    random_draws: int = 5
+    top_images: int = 8
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         unknown = [run for run in self.runs if run not in RUN_NAMES]
         if unknown or not self.runs:
             raise ValueError(f"runs={self.runs!r}; expected a non-empty subset of {RUN_NAMES}, e.g. runs=cl,ncl")
@@ -136,7 +145,7 @@ class ImageData:
     augmented per image by DataLoader workers.
     """
 
-    def __init__(self, config: Config, accelerator: Any, num_views: int = 2) -> None:
+    def __init__(self, config: Any, accelerator: Any, num_views: int = 2) -> None:
         self.config, self.accelerator, self.num_views = config, accelerator, num_views
         load = dict(download=config.download, seed=config.seed)
         splits = images.load_dataset(config.dataset, config.data_root, **load)
