@@ -25,9 +25,9 @@ under the output folder.
 Presets: ``digits`` (the offline default: scikit-learn's 1,797 real 8x8 digits, a small
 CNN whose pooled features are signed, ``small_cnn_signed``, so that the ``nce`` row's ReLU
 acts on them as it would on a transformer's; under a minute on 2 CPU cores), ``cifar10`` /
-``cifar100`` (ResNet-18 with the CIFAR stem) and ``imagenet100`` (ResNet-18 from scratch; pass ``init_from=`` a vision-ssl run's
-``checkpoints`` folder to fine-tune from its self-supervised backbone instead). The
-optimisation settings of the paper presets are the usual supervised ones (SGD, momentum
+``cifar100`` (ResNet-18 with the CIFAR stem) and ``imagenet100`` (ResNet-18 from scratch;
+pass ``init_from=`` a vision-ssl run's ``checkpoints`` folder to fine-tune from its
+self-supervised backbone instead). The optimisation settings of the paper presets are the usual supervised ones (SGD, momentum
 0.9, cosine schedule), not published values.
 
 Examples:
