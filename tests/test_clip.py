@@ -39,14 +39,7 @@ ARCHITECTURES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    # Tiny models gain nothing from intra-op threads, which thrash on a loaded shared CPU.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("seed_and_one_thread")
 
 
 def inputs_for(model: torch.nn.Module, batch: int = 4) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,14 +13,7 @@ TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermed
 TEXT = dict(TINY, vocab_size=99, pad_token_id=0, bos_token_id=1, eos_token_id=98)
 
 
-@pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    # Tiny models gain nothing from intra-op threads, which thrash on a loaded shared CPU.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("seed_and_one_thread")
 
 
 def tiny_classifier() -> BertForSequenceClassification:
