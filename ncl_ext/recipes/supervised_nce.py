@@ -50,8 +50,8 @@ from ncl_ext import analysis
 from ncl_ext.adapters.vision import CLASSIFIER_VARIANTS, NonNegativeClassifier, build_backbone, classifier_variant
 from ncl_ext.checkpoint import latest_checkpoint, write_text_atomically
 from ncl_ext.data import augment, images
-from ncl_ext.recipes.vision_ssl import ImageData, ImageRunSettings
-from ncl_ext.training import TrainConfig, Trainer, make_accelerator, seed_everything
+from ncl_ext.recipes.vision_ssl import ImageData, ImageRunSettings, image_train_config
+from ncl_ext.training import Trainer, make_accelerator, seed_everything
 
 RUN_NAMES = CLASSIFIER_VARIANTS  # ("ce", "nce", "ce_mlp", "nce_mlp")
 REPORTED_FEATURE_METRICS = ("sparsity", "semantic_consistency", "correlation", "active_dims", "dead_dims")
@@ -185,19 +185,7 @@ def _train(
             total += len(labels)
         return {"test_acc": correct / total}
 
-    global_batch = config.batch_size * accelerator.num_processes * config.grad_accum_steps
-    train_config = TrainConfig(
-        epochs=config.epochs,
-        lr=config.base_lr * global_batch / 256,
-        optimizer=config.optimizer,
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
-        warmup_epochs=min(config.warmup_epochs, config.epochs),
-        grad_accum_steps=config.grad_accum_steps,
-        mixed_precision=config.mixed_precision,
-        seed=config.seed,
-        checkpoint_every=config.checkpoint_every,
-    )
+    train_config = image_train_config(config, accelerator.num_processes)
     accelerator.print(
         f"[{name}] training {config.backbone} with nonneg={model.nonneg!r}, nonneg_weights={model.nonneg_weights}, "
         f"projector={config.projector if name.endswith('_mlp') else None} for {config.epochs} epochs"

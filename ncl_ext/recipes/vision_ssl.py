@@ -216,6 +216,27 @@ def _collate_views(samples: list) -> tuple[torch.Tensor, ...]:
 # ------------------------------------------------------------------ training
 
 
+def image_train_config(config: Any, num_processes: int) -> TrainConfig:
+    """The shared :class:`TrainConfig` of an image recipe's ``Config``.
+
+    The learning rate follows the linear scaling rule of SimCLR and the paper:
+    ``base_lr * global_batch / 256``, with ``global_batch = batch_size * processes * grad_accum_steps``.
+    """
+    global_batch = config.batch_size * num_processes * config.grad_accum_steps
+    return TrainConfig(
+        epochs=config.epochs,
+        lr=config.base_lr * global_batch / 256,
+        optimizer=config.optimizer,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        warmup_epochs=min(config.warmup_epochs, config.epochs),
+        grad_accum_steps=config.grad_accum_steps,
+        mixed_precision=config.mixed_precision,
+        seed=config.seed,
+        checkpoint_every=config.checkpoint_every,
+    )
+
+
 def _train(config: Config, name: str, data: ImageData, accelerator: Any, output: Path) -> ContrastiveModel:
     seed_everything(config.seed)  # CL and NCL start from the same weights and see the same batches
     backbone = build_backbone(config.backbone, in_channels=data.channels)
@@ -240,19 +261,7 @@ def _train(config: Config, name: str, data: ImageData, accelerator: Any, output:
         z1, z2 = projections.float().chunk(2)
         return {"loss": criterion(z1, z2), "features": z1}
 
-    global_batch = config.batch_size * accelerator.num_processes * config.grad_accum_steps
-    train_config = TrainConfig(
-        epochs=config.epochs,
-        lr=config.base_lr * global_batch / 256,
-        optimizer=config.optimizer,
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
-        warmup_epochs=min(config.warmup_epochs, config.epochs),
-        grad_accum_steps=config.grad_accum_steps,
-        mixed_precision=config.mixed_precision,
-        seed=config.seed,
-        checkpoint_every=config.checkpoint_every,
-    )
+    train_config = image_train_config(config, accelerator.num_processes)
     accelerator.print(f"[{name}] training {config.backbone} with nonneg={model.nonneg!r} for {config.epochs} epochs")
     trainer = Trainer(model, compute_loss, data.training_batches(), train_config, output, accelerator=accelerator)
     return trainer.fit().model
