@@ -32,7 +32,7 @@ def seed_benchmark(
     describe: Callable[[dict[str, Any]], str],
     description: str,
 ) -> None:
-    """Command-line entry point: ``--seeds``, ``--device`` and recipe ``KEY=VALUE`` overrides.
+    """Command-line entry point: ``--seeds``, ``--device``, ``--data-root`` and recipe ``KEY=VALUE`` overrides.
 
     Args:
         recipe: the recipe to run (its default preset).
@@ -46,6 +46,7 @@ def seed_benchmark(
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--data-root", default=None, help="the recipe's --data-root")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides, e.g. epochs=100")
     args = parser.parse_args()
 
@@ -54,7 +55,10 @@ def seed_benchmark(
         load_before = os.getloadavg()
         started = time.perf_counter()
         with tempfile.TemporaryDirectory() as output:
-            results = run_recipe(recipe, overrides=[*args.overrides, f"seed={seed}"], output=output, device=args.device)
+            results = run_recipe(
+                recipe, overrides=[*args.overrides, f"seed={seed}"], data_root=args.data_root, output=output,
+                device=args.device,
+            )
         wall = round(time.perf_counter() - started, 1)
         records.append({
             "seed": seed, "runs": results["runs"], "wall_seconds": wall, "targets": targets(results["runs"], wall),

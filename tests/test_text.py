@@ -31,6 +31,7 @@ from ncl_ext.data.text_pairs import (
     sts_positive_pairs,
 )
 from ncl_ext.recipes import run_recipe
+from ncl_ext.recipes.sentence_embedding import _ea_sentences
 
 WORDS = (
     "a the man woman child dog cat horse plays runs eats rides sings guitar piano flute food bread "
@@ -534,6 +535,16 @@ def test_recipe_runs_base_cl_ncl_and_skips_finished_runs(recipe_run):
     again = run_recipe("sentence-embedding", overrides=overrides, data_root=str(root), output=output, device="cpu")
     for name in runs:  # finished runs are reloaded, not retrained
         assert again["runs"][name]["stsb_spearman"] == pytest.approx(runs[name]["stsb_spearman"], abs=1e-6)
+
+
+def test_ea_sentences_are_a_seeded_draw_from_the_whole_training_set():
+    # Ordered data, as STS-B train is (sorted by genre): the draw must not be the first sentences.
+    train = Dataset.from_dict({"anchor": [f"a{i}" for i in range(200)], "positive": [f"p{i}" for i in range(200)]})
+    drawn = _ea_sentences(train, 50, seed=0)
+    assert len(set(drawn)) == 50 and set(drawn) <= set(train["anchor"]) | set(train["positive"])
+    assert drawn == _ea_sentences(train, 50, seed=0) and drawn != _ea_sentences(train, 50, seed=1)
+    assert max(int(text[1:]) for text in drawn) >= 100  # reaches the second half of the file
+    assert len(_ea_sentences(train, 10_000, seed=0)) == 400  # capped at the distinct sentences
 
 
 class Interrupted(Exception):
