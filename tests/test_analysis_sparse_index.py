@@ -39,7 +39,7 @@ def assert_exact_top_k(queries, database, scores, indices, k: int, exclude_self:
 def test_search_equals_dense_top_k(zero_fraction: float, k: int) -> None:
     database = sparse_rows(2000, 256, zero_fraction, seed=0)
     queries = sparse_rows(300, 256, zero_fraction, seed=1)
-    index = SparseIndex(database)
+    index = SparseIndex(database, backend="inverted")
     assert index.backend == "inverted"
     scores, indices = index.search(queries, k)
     assert scores.dtype == torch.float32 and indices.dtype == torch.long and scores.shape == (300, k)
@@ -51,7 +51,7 @@ def test_search_equals_dense_top_k(zero_fraction: float, k: int) -> None:
 def test_search_self_equals_dense_top_k_without_the_diagonal(zero_fraction: float, signed: bool) -> None:
     database = sparse_rows(800, 128, zero_fraction, seed=2, signed=signed)
     database[:3] = 0.0  # items with no non-zero: only zero-score neighbours
-    scores, indices = SparseIndex(database).search_self(5)
+    scores, indices = SparseIndex(database, backend="inverted").search_self(5)
     assert not bool((indices == torch.arange(800)[:, None]).any())
     assert_exact_top_k(database, database, scores, indices, 5, exclude_self=True)
     if not signed:  # zero-score neighbours are the lowest-index others, as for search()
@@ -61,7 +61,7 @@ def test_search_self_equals_dense_top_k_without_the_diagonal(zero_fraction: floa
 def test_search_self_ties_and_zero_fill_match_search() -> None:
     database = sparse_rows(300, 64, 0.97, seed=8)
     database[10] = database[20]  # an exact tie
-    index = SparseIndex(database)
+    index = SparseIndex(database, backend="inverted")
     self_scores, self_indices = index.search_self(4)
     scores, indices = index.search(database, 5)
     for row in range(300):  # drop the item itself from the plain search, keep the first 4
@@ -75,7 +75,7 @@ def test_ties_break_towards_the_lower_index_and_empty_queries_get_zero_scores() 
     database[[2, 5, 7], 0] = 1.0  # three identical items
     database[9, 1] = 2.0
     queries = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]])
-    scores, indices = SparseIndex(database).search(queries, 4)
+    scores, indices = SparseIndex(database, backend="inverted").search(queries, 4)
     assert indices.tolist() == [[2, 5, 7, 0], [0, 1, 2, 3], [0, 1, 2, 3]]
     assert scores.tolist() == [[1.0, 1.0, 1.0, 0.0], [0.0] * 4, [0.0] * 4]
 
@@ -86,6 +86,38 @@ def test_dense_database_uses_the_dense_backend_with_the_same_answer() -> None:
     assert index.backend == "dense" and index.nbytes == index.dense_nbytes
     scores, indices = index.search(queries, 7)
     assert_exact_top_k(queries, database, scores, indices, 7)
+
+
+def test_auto_backend_follows_the_work_of_the_posting_scans_not_the_share_of_zeros() -> None:
+    # 75% zeros, but a quarter of the dims fire on nearly every item (as in a lightly trained
+    # NCL head): every query scans those long posting lists, so the dense product is cheaper.
+    generator = torch.Generator().manual_seed(9)
+    active = torch.zeros(2000, 256, dtype=torch.bool)
+    active[:, :60] = torch.rand(2000, 60, generator=generator) < 0.97
+    active[:, 60:] = torch.rand(2000, 196, generator=generator) < 0.02
+    database = F.normalize(torch.rand(2000, 256, generator=generator) * active, dim=1)
+    assert 0.7 < float((database == 0).float().mean()) < 0.8
+    auto = SparseIndex(database)
+    assert auto.backend == "dense"
+    assert SparseIndex(sparse_rows(2000, 256, 0.99, seed=10)).backend == "inverted"
+    queries = database[:50]
+    scores, indices = auto.search(queries, 5)
+    inverted_scores, inverted_indices = SparseIndex(database, backend="inverted").search(queries, 5)
+    assert_exact_top_k(queries, database, scores, indices, 5)
+    assert_exact_top_k(queries, database, inverted_scores, inverted_indices, 5)
+    with pytest.raises(ValueError, match="backend='fast'; expected one of"):
+        SparseIndex(database, backend="fast")
+
+
+@pytest.mark.parametrize(("factor", "pays_off"), [(0.5, True), (0.95, True), (1.05, False), (3.0, False)])
+def test_inverted_index_pays_off_in_the_closed_form_uniform_case(factor: float, pays_off: bool) -> None:
+    # Every dim used by a share s of N items: the scans cost D (s N)^2 * SPARSE_OP_COST for N
+    # queries, the product N^2 D, so posting lists pay off exactly when s < 1 / sqrt(SPARSE_OP_COST).
+    from ncl_ext.analysis.sparse_index import SPARSE_OP_COST, inverted_index_pays_off
+
+    share = factor / SPARSE_OP_COST**0.5
+    counts = np.full(64, share * 1000.0)
+    assert inverted_index_pays_off(counts, counts, 1000, 1000) is pays_off
 
 
 def test_scipy_sparse_inputs_and_memory_size() -> None:
@@ -104,7 +136,7 @@ def test_scipy_sparse_inputs_and_memory_size() -> None:
 
 
 def test_search_bad_inputs() -> None:
-    index = SparseIndex(sparse_rows(20, 8, 0.8, seed=7))
+    index = SparseIndex(sparse_rows(20, 8, 0.8, seed=7), backend="inverted")
     with pytest.raises(ValueError, match="queries have 9 dims"):
         index.search(torch.rand(2, 9), 1)
     with pytest.raises(ValueError, match="k=21 exceeds the 20"):

@@ -26,14 +26,10 @@ import torch.nn.functional as F
 
 from ncl_ext.analysis._checks import as_features, as_labels, check_int
 from ncl_ext.analysis._sparse import density, l2_normalize_rows, to_csr
-from ncl_ext.analysis.sparse_index import MAX_SPARSE_DENSITY, SparseIndex
+from ncl_ext.analysis.sparse_index import MAX_SPARSE_DENSITY, SparseIndex, inverted_index_pays_off
 from ncl_ext.analysis.topk import dense_top_k
 
 __all__ = ["cosine_top_k", "mean_average_precision", "retrieval_precision"]
-
-# One multiply-add of the inverted index costs about this many dense (BLAS) multiply-adds.
-_SPARSE_OP_COST = 100
-
 
 def _normalized_sparse_rows(features: torch.Tensor) -> sp.csr_matrix | None:
     """L2-normalised rows as CSR when ``features`` are on the CPU and sparse enough, else ``None``."""
@@ -47,10 +43,7 @@ def _prefer_inverted_index(queries: sp.csr_matrix, database: sp.csr_matrix, self
     dim = database.shape[1]
     database_counts = np.bincount(database.indices, minlength=dim).astype(np.float64)
     query_counts = database_counts if self_join else np.bincount(queries.indices, minlength=dim).astype(np.float64)
-    sparse_work = float(query_counts @ database_counts) * _SPARSE_OP_COST
-    if self_join:
-        sparse_work /= 2  # the self-join scores each pair once
-    return sparse_work < queries.shape[0] * database.shape[0] * dim
+    return inverted_index_pays_off(query_counts, database_counts, queries.shape[0], database.shape[0], self_join)
 
 
 def cosine_top_k(queries: Any, database: Any = None, k: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,7 +70,7 @@ def cosine_top_k(queries: Any, database: Any = None, k: int = 10) -> tuple[torch
     sparse_database = _normalized_sparse_rows(database)
     sparse_queries = sparse_database if self_join or sparse_database is None else _normalized_sparse_rows(queries)
     if sparse_queries is not None and _prefer_inverted_index(sparse_queries, sparse_database, self_join):
-        index = SparseIndex(sparse_database)
+        index = SparseIndex(sparse_database, backend="inverted")
         return index.search_self(k) if self_join else index.search(sparse_queries, k)
     queries = F.normalize(queries, dim=1)
     database = queries if self_join else F.normalize(database, dim=1).to(queries.device)

@@ -26,10 +26,30 @@ from ncl_ext.analysis._checks import as_features, check_int
 from ncl_ext.analysis._sparse import to_csr
 from ncl_ext.analysis.topk import dense_top_k
 
-__all__ = ["SparseIndex"]
+__all__ = ["SparseIndex", "inverted_index_pays_off"]
 
 #: Above this share of non-zeros a posting list is larger than the dense row: keep it dense.
 MAX_SPARSE_DENSITY = 0.3
+#: One multiply-add of the inverted index costs about this many dense (BLAS) multiply-adds.
+SPARSE_OP_COST = 100
+BACKENDS = ("auto", "inverted", "dense")
+
+
+def inverted_index_pays_off(
+    query_counts: np.ndarray, database_counts: np.ndarray, num_queries: int, num_items: int, self_join: bool = False
+) -> bool:
+    """Whether posting lists do less work than the dense product ``queries @ database.T``.
+
+    A query visits ``database_counts[d]`` items for each of its non-zero dimensions ``d``:
+    ``query_counts @ database_counts`` multiply-adds for all queries (half that for a
+    self-join, which scores each pair once), each about :data:`SPARSE_OP_COST` dense ones,
+    against ``num_queries * num_items * D`` for the product. The share of zeros alone does not
+    decide: a few dimensions that fire on most items make every posting scan long.
+    """
+    work = float(query_counts @ database_counts) * SPARSE_OP_COST
+    if self_join:
+        work /= 2
+    return work < num_queries * num_items * len(database_counts)
 
 
 def _as_matrix(data: Any, name: str) -> torch.Tensor | sp.csr_matrix:
@@ -49,9 +69,12 @@ class SparseIndex:
 
     Args:
         database: ``(num_items, D)`` embeddings: a tensor, a numpy array or a
-            ``scipy.sparse`` matrix. With more than :data:`MAX_SPARSE_DENSITY` non-zeros the
-            index keeps the dense matrix and searches by matrix product (``backend="dense"``);
-            otherwise it builds posting lists (``backend="inverted"``).
+            ``scipy.sparse`` matrix.
+        backend: ``"inverted"`` (posting lists), ``"dense"`` (the dense matrix, searched by
+            matrix product) or ``"auto"`` (default): posting lists when
+            :func:`inverted_index_pays_off` for queries distributed like the database, the
+            dense matrix otherwise (always above :data:`MAX_SPARSE_DENSITY` non-zeros). Both
+            return the same results.
 
     Attributes:
         num_items, dim: database shape.
@@ -78,7 +101,9 @@ class SparseIndex:
         >>> neighbour_scores, neighbours = index.search_self(k=3)   # excludes the item itself
     """
 
-    def __init__(self, database: Any) -> None:
+    def __init__(self, database: Any, backend: str = "auto") -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend={backend!r}; expected one of {BACKENDS}")
         matrix = _as_matrix(database, "database")
         self.num_items, self.dim = matrix.shape
         self.dense_nbytes = self.num_items * self.dim * 4
@@ -89,14 +114,23 @@ class SparseIndex:
             nonzeros = matrix.nnz
             self.non_negative = bool((matrix.data >= 0).all())
         self.density = nonzeros / (self.num_items * self.dim)
-        self.backend = "dense" if self.density > MAX_SPARSE_DENSITY else "inverted"
+        csr = None
+        if backend == "auto":
+            backend = "dense"
+            if self.density <= MAX_SPARSE_DENSITY:
+                csr = to_csr(matrix) if isinstance(matrix, torch.Tensor) else matrix
+                counts = np.bincount(csr.indices, minlength=self.dim).astype(np.float64)
+                if inverted_index_pays_off(counts, counts, self.num_items, self.num_items):
+                    backend = "inverted"
+        self.backend = backend
         if self.backend == "dense":
             self._dense = (
                 matrix.contiguous() if isinstance(matrix, torch.Tensor) else torch.from_numpy(matrix.toarray())
             )
             self.nbytes = self._dense.element_size() * self._dense.numel()
             return
-        csr = to_csr(matrix) if isinstance(matrix, torch.Tensor) else matrix
+        if csr is None:
+            csr = to_csr(matrix) if isinstance(matrix, torch.Tensor) else matrix
         postings = csr.tocsc()  # per dimension: the items that use it, in item order
         self._posting_indptr = postings.indptr.astype(np.int64)
         self._posting_items = postings.indices.astype(np.uint32)  # unsigned: no negative-index check

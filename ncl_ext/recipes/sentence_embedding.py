@@ -35,7 +35,8 @@ or a TSV of pairs, or NLI triplets (``train_data``). Evaluation on STS-B dev:
   ``ncl_matryoshka``);
 - ``search_ms_sparse`` / ``search_ms_dense`` / ``search_speedup``: exact top-10 cosine
   search of every dev sentence among all of them, with :class:`ncl_ext.analysis.SparseIndex`
-  versus a dense matrix product.
+  versus a dense matrix product (the index itself falls back to the dense matrix when its
+  posting lists would be slower, so the speed-up is then about 1).
 
 Examples:
     ncl-ext run sentence-embedding --data-root ../shared/data/stsbenchmark
