@@ -31,6 +31,7 @@ from ncl_ext.analysis.topk import dense_top_k
 
 __all__ = ["cosine_top_k", "mean_average_precision", "retrieval_precision"]
 
+
 def _normalized_sparse_rows(features: torch.Tensor) -> sp.csr_matrix | None:
     """L2-normalised rows as CSR when ``features`` are on the CPU and sparse enough, else ``None``."""
     if features.device.type != "cpu" or density(features) > MAX_SPARSE_DENSITY:
