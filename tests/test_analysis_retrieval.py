@@ -8,7 +8,8 @@ import torch
 from sklearn.metrics import average_precision_score
 
 from ncl_ext.analysis import cosine_top_k, mean_average_precision, retrieval_precision
-from ncl_ext.analysis.retrieval import _normalized_sparse_rows, _prefer_inverted_index
+from ncl_ext.analysis.retrieval import _normalized_sparse_rows
+from ncl_ext.analysis.sparse_index import inverted_index_pays_off
 
 
 def reference_rankings(z: np.ndarray) -> list[np.ndarray]:
@@ -60,7 +61,7 @@ def test_precision_and_map_match_loops(kind: str, k: int) -> None:
     z = features(kind)
     labels = np.arange(len(z)) % 6
     rows = _normalized_sparse_rows(torch.as_tensor(z))
-    uses_index = rows is not None and _prefer_inverted_index(rows, rows, self_join=True)
+    uses_index = rows is not None and inverted_index_pays_off(rows, rows, self_join=True)
     assert uses_index == (kind == "sparse")  # both search paths are covered
     array = z.double().numpy()
     assert retrieval_precision(z, labels, k=k) == pytest.approx(reference_precision(array, labels, k), abs=1e-12)

@@ -116,8 +116,10 @@ def test_inverted_index_pays_off_in_the_closed_form_uniform_case(factor: float, 
     from ncl_ext.analysis.sparse_index import SPARSE_OP_COST, inverted_index_pays_off
 
     share = factor / SPARSE_OP_COST**0.5
-    counts = np.full(64, share * 1000.0)
-    assert inverted_index_pays_off(counts, counts, 1000, 1000) is pays_off
+    used = np.zeros((1000, 64), dtype=np.float32)
+    used[: round(share * 1000)] = 1.0  # every dim: the same number of items
+    matrix = sp.csr_matrix(used)
+    assert inverted_index_pays_off(matrix, matrix) is pays_off
 
 
 def test_scipy_sparse_inputs_and_memory_size() -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
@@ -37,14 +36,6 @@ def _normalized_sparse_rows(features: torch.Tensor) -> sp.csr_matrix | None:
     if features.device.type != "cpu" or density(features) > MAX_SPARSE_DENSITY:
         return None
     return l2_normalize_rows(to_csr(features))
-
-
-def _prefer_inverted_index(queries: sp.csr_matrix, database: sp.csr_matrix, self_join: bool) -> bool:
-    """Whether the posting-list search does less work than the dense product."""
-    dim = database.shape[1]
-    database_counts = np.bincount(database.indices, minlength=dim).astype(np.float64)
-    query_counts = database_counts if self_join else np.bincount(queries.indices, minlength=dim).astype(np.float64)
-    return inverted_index_pays_off(query_counts, database_counts, queries.shape[0], database.shape[0], self_join)
 
 
 def cosine_top_k(queries: Any, database: Any = None, k: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,7 +61,7 @@ def cosine_top_k(queries: Any, database: Any = None, k: int = 10) -> tuple[torch
         raise ValueError(f"k={k} exceeds the {available} items that can be retrieved per query")
     sparse_database = _normalized_sparse_rows(database)
     sparse_queries = sparse_database if self_join or sparse_database is None else _normalized_sparse_rows(queries)
-    if sparse_queries is not None and _prefer_inverted_index(sparse_queries, sparse_database, self_join):
+    if sparse_queries is not None and inverted_index_pays_off(sparse_queries, sparse_database, self_join):
         index = SparseIndex(sparse_database, backend="inverted")
         return index.search_self(k) if self_join else index.search(sparse_queries, k)
     queries = F.normalize(queries, dim=1)

@@ -35,21 +35,22 @@ SPARSE_OP_COST = 100
 BACKENDS = ("auto", "inverted", "dense")
 
 
-def inverted_index_pays_off(
-    query_counts: np.ndarray, database_counts: np.ndarray, num_queries: int, num_items: int, self_join: bool = False
-) -> bool:
+def inverted_index_pays_off(queries: sp.csr_matrix, database: sp.csr_matrix, self_join: bool = False) -> bool:
     """Whether posting lists do less work than the dense product ``queries @ database.T``.
 
-    A query visits ``database_counts[d]`` items for each of its non-zero dimensions ``d``:
-    ``query_counts @ database_counts`` multiply-adds for all queries (half that for a
+    A query visits ``|posting(d)|`` database items for each of its non-zero dimensions ``d``:
+    ``sum_d queries_using(d) * |posting(d)|`` multiply-adds for all queries (half that for a
     self-join, which scores each pair once), each about :data:`SPARSE_OP_COST` dense ones,
     against ``num_queries * num_items * D`` for the product. The share of zeros alone does not
     decide: a few dimensions that fire on most items make every posting scan long.
     """
+    dim = database.shape[1]
+    database_counts = np.bincount(database.indices, minlength=dim).astype(np.float64)
+    query_counts = database_counts if queries is database else np.bincount(queries.indices, minlength=dim)
     work = float(query_counts @ database_counts) * SPARSE_OP_COST
     if self_join:
         work /= 2
-    return work < num_queries * num_items * len(database_counts)
+    return work < queries.shape[0] * database.shape[0] * dim
 
 
 def _as_matrix(data: Any, name: str) -> torch.Tensor | sp.csr_matrix:
@@ -115,13 +116,10 @@ class SparseIndex:
             self.non_negative = bool((matrix.data >= 0).all())
         self.density = nonzeros / (self.num_items * self.dim)
         csr = None
+        if backend == "inverted" or (backend == "auto" and self.density <= MAX_SPARSE_DENSITY):
+            csr = to_csr(matrix) if isinstance(matrix, torch.Tensor) else matrix
         if backend == "auto":
-            backend = "dense"
-            if self.density <= MAX_SPARSE_DENSITY:
-                csr = to_csr(matrix) if isinstance(matrix, torch.Tensor) else matrix
-                counts = np.bincount(csr.indices, minlength=self.dim).astype(np.float64)
-                if inverted_index_pays_off(counts, counts, self.num_items, self.num_items):
-                    backend = "inverted"
+            backend = "inverted" if csr is not None and inverted_index_pays_off(csr, csr) else "dense"
         self.backend = backend
         if self.backend == "dense":
             self._dense = (
@@ -129,8 +127,6 @@ class SparseIndex:
             )
             self.nbytes = self._dense.element_size() * self._dense.numel()
             return
-        if csr is None:
-            csr = to_csr(matrix) if isinstance(matrix, torch.Tensor) else matrix
         postings = csr.tocsc()  # per dimension: the items that use it, in item order
         self._posting_indptr = postings.indptr.astype(np.int64)
         self._posting_items = postings.indices.astype(np.uint32)  # unsigned: no negative-index check
