@@ -29,7 +29,7 @@ Examples:
     True
 """
 
-from ncl_ext.analysis._checks import DEFAULT_EPS
+from ncl_ext._checks import DEFAULT_EPS
 from ncl_ext.analysis.loading import load_array
 from ncl_ext.analysis.metrics import (
     CorrelationSummary,

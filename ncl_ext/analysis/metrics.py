@@ -36,7 +36,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from ncl_ext.analysis._checks import DEFAULT_EPS, as_features, as_labels, check_eps
+from ncl_ext._checks import DEFAULT_EPS, as_features, as_labels, check_eps
 from ncl_ext.analysis._sparse import density
 
 __all__ = [

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ncl_ext.analysis._checks import DEFAULT_EPS, as_features, check_int
+from ncl_ext._checks import DEFAULT_EPS, as_features, check_int
 from ncl_ext.analysis.metrics import activation_frequency, correlation_matrix
 from ncl_ext.analysis.selection import expected_activation, expected_activation_order
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ncl_ext.analysis._checks import as_features, check_int, check_positive
+from ncl_ext._checks import as_features, check_int, check_positive
 from ncl_ext.analysis.retrieval import cosine_top_k
 
 __all__ = ["knn_accuracy", "linear_probe"]

@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ncl_ext.analysis._checks import (
+from ncl_ext._checks import (
     DEFAULT_EPS,
     as_features,
     as_labels,

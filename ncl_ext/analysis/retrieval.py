@@ -23,7 +23,7 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-from ncl_ext.analysis._checks import as_features, as_labels, check_int
+from ncl_ext._checks import as_features, as_labels, check_int
 from ncl_ext.analysis._sparse import density, l2_normalize_rows, to_csr
 from ncl_ext.analysis.sparse_index import MAX_SPARSE_DENSITY, SparseIndex, inverted_index_pays_off
 from ncl_ext.analysis.topk import dense_top_k

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ncl_ext.analysis._checks import as_features, check_int
+from ncl_ext._checks import as_features, check_int
 
 __all__ = ["expected_activation", "expected_activation_order", "random_dims", "select_top_dims"]
 

@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 
-from ncl_ext.analysis._checks import as_features, check_int, check_positive
+from ncl_ext._checks import as_features, check_int, check_positive
 
 __all__ = ["DEFAULT_SEPIN_KS", "DEFAULT_SEPIN_SAMPLES", "sepin_at_k", "sepin_scores"]
 

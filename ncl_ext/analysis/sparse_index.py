@@ -22,7 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from ncl_ext.analysis._checks import as_features, check_int
+from ncl_ext._checks import as_features, check_int
 from ncl_ext.analysis._sparse import to_csr
 from ncl_ext.analysis.topk import dense_top_k
 

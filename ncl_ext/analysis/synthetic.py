@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from ncl_ext.analysis._checks import check_int, check_positive
+from ncl_ext._checks import check_int, check_positive
 
 __all__ = ["LatentClassData", "sparse_class_features"]
 

@@ -38,6 +38,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from ncl_ext._checks import check_int
 from ncl_ext.data.augment import (
     CIFAR10_MEAN,
     CIFAR10_STD,
@@ -103,7 +104,7 @@ class ResidentImages:
 
         ``size`` resizes the images, to match training views of another size.
         """
-        _check_positive("batch_size", batch_size)
+        check_int(batch_size, "batch_size")
         for start in range(0, len(self), batch_size):
             chunk = self.images[start : start + batch_size]
             yield normalize_images(chunk, self.mean, self.std, size), self.labels[start : start + batch_size]
@@ -115,11 +116,6 @@ class DatasetSplits(NamedTuple):
     train: Any
     test: Any
 
-
-def _check_positive(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}={value!r}; expected a positive int")
-    return value
 
 
 # ------------------------------------------------------------------ digits
@@ -431,8 +427,8 @@ class ResidentBatches:
             raise ValueError(f"augmentation must be a BatchAugmentation, got {type(augmentation).__name__}")
         if num_views not in (1, 2):
             raise ValueError(f"num_views={num_views!r}; expected 1 or 2")
-        _check_positive("batch_size", batch_size)
-        _check_positive("world_size", world_size)
+        check_int(batch_size, "batch_size")
+        check_int(world_size, "world_size")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank={rank!r}; expected 0 <= rank < world_size={world_size}")
         if world_size > 1 and not drop_last:

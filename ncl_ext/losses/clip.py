@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ncl_ext import distributed
-from ncl_ext.losses._checks import (
+from ncl_ext._checks import (
     check_chunk_size,
     check_nonneg_mode,
     check_pair,

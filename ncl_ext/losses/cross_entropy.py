@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ncl_ext.losses._checks import check_features, check_nonneg_mode
+from ncl_ext._checks import check_features, check_nonneg_mode
 from ncl_ext.nonneg import nonneg as apply_nonneg
 
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ncl_ext.distributed import gather_with_grad, get_rank
-from ncl_ext.losses._checks import (
+from ncl_ext._checks import (
     check_chunk_size,
     check_nonneg_mode,
     check_pair,

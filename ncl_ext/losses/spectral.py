@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ncl_ext.distributed import gather_with_grad
-from ncl_ext.losses._checks import check_nonneg_mode, check_pair
+from ncl_ext._checks import check_nonneg_mode, check_pair
 from ncl_ext.nonneg import nonneg as apply_nonneg
 
 
