@@ -37,6 +37,7 @@ __all__ = [
     "make_nonneg",
     "nonneg",
     "rep_relu",
+    "select_output",
 ]
 
 
@@ -169,31 +170,63 @@ class NonNegativeWrapper(nn.Module):
         fields = self.field if isinstance(self.field, (list, tuple)) else [self.field]
         if isinstance(output, Mapping):  # dict and transformers' ModelOutput
             output = copy.copy(output)
-            keys = [_default_key(output) if f is None else f for f in fields]
-            for key in keys:
-                if key not in output or not isinstance(output[key], torch.Tensor):
-                    raise ValueError(
-                        f"field={key!r} is not a tensor in the model's output; "
-                        f"available fields: {list(output.keys())}"
-                    )
-                output[key] = self.head(output[key])
+            for field in fields:
+                key = _default_field(output) if field is None else field
+                output[key] = self.head(select_output(output, key))
             return output
         if isinstance(output, (tuple, list)):
             items = list(output)
-            for index in [0 if f is None else f for f in fields]:
-                if not isinstance(index, int) or not -len(items) <= index < len(items):
-                    raise ValueError(
-                        f"field={index!r} must be an int index into the model's {len(items)}-tuple output"
-                    )
-                items[index] = self.head(items[index])
+            for field in fields:
+                index = 0 if field is None else field
+                items[index] = self.head(select_output(output, index))
             return type(output)(items) if not hasattr(output, "_fields") else type(output)(*items)
-        raise ValueError(
-            f"cannot find features in a model output of type {type(output).__name__}; "
-            "the model must return a Tensor, a tuple/list, a dict or a ModelOutput"
-        )
+        raise ValueError(_unsupported_output(output))
 
 
-def _default_key(output: Mapping) -> str:
+def select_output(output: Any, field: int | str | None = None) -> torch.Tensor:
+    """The feature tensor of a model's output: the one place that reads fields out of outputs.
+
+    ``output`` is a Tensor (``field`` must be ``None``), a tuple / list (``field`` an int
+    index, ``None`` the first element) or a dict / HF ``ModelOutput`` (``field`` a key,
+    ``None`` the first tensor field).
+
+    Raises:
+        ValueError: the field is missing or not a tensor; the message lists what there is.
+
+    Examples:
+        >>> select_output({"pooler_output": torch.ones(2, 3)}, "pooler_output").shape
+        torch.Size([2, 3])
+        >>> select_output((torch.zeros(2), "extra")).shape
+        torch.Size([2])
+    """
+    if isinstance(output, torch.Tensor):
+        if field is not None:
+            raise ValueError(f"field={field!r} was given but the model returned a single Tensor")
+        return output
+    if isinstance(output, Mapping):
+        key = _default_field(output) if field is None else field
+        value = output.get(key) if isinstance(key, str) else None
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"field={key!r} is not a tensor in the model's output; available fields: {list(output.keys())}")
+        return value
+    if isinstance(output, (tuple, list)):
+        index = 0 if field is None else field
+        if isinstance(index, bool) or not isinstance(index, int) or not -len(output) <= index < len(output):
+            raise ValueError(f"field={index!r} must be an int index into the model's {len(output)}-tuple output")
+        if not isinstance(output[index], torch.Tensor):
+            raise ValueError(f"field={index!r} of the model's output is a {type(output[index]).__name__}, not a Tensor")
+        return output[index]
+    raise ValueError(_unsupported_output(output))
+
+
+def _unsupported_output(output: Any) -> str:
+    return (
+        f"cannot find features in a model output of type {type(output).__name__}; "
+        "the model must return a Tensor, a tuple/list, a dict or a ModelOutput"
+    )
+
+
+def _default_field(output: Mapping) -> str:
     for key, value in output.items():
         if isinstance(value, torch.Tensor):
             return key

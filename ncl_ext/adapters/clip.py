@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ncl_ext.nonneg import NonNegative
+from ncl_ext.nonneg import NonNegative, select_output
 
 __all__ = ["HFCLIPView", "NonNegativeCLIP", "nonneg_clip"]
 
@@ -297,4 +297,4 @@ class HFCLIPView(_CLIPInterface):
 
 def _embedding(output: Any) -> torch.Tensor:
     """transformers 4.x returns the embedding tensor, 5.x an output whose ``pooler_output`` it is."""
-    return output if isinstance(output, torch.Tensor) else output.pooler_output
+    return output if isinstance(output, torch.Tensor) else select_output(output, "pooler_output")
