@@ -19,7 +19,21 @@ import types
 import typing
 from typing import Any, Mapping, Sequence
 
-__all__ = ["build_config", "format_results_table", "parse_value"]
+__all__ = ["build_config", "format_results_table", "parse_value", "setting"]
+
+
+def setting(default: Any, help: str) -> Any:
+    """A config field with its one-line documentation (shown by ``ncl-ext run RECIPE --help``).
+
+    Examples:
+        >>> from dataclasses import dataclass, fields
+        >>> @dataclass
+        ... class Config:
+        ...     epochs: int = setting(10, "passes over the training data")
+        >>> fields(Config)[0].metadata["help"]
+        'passes over the training data'
+    """
+    return dataclasses.field(default=default, metadata={"help": help})
 
 
 def build_config(
