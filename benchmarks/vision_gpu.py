@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from ncl_ext.adapters.vision import ContrastiveModel, resnet18_cifar
+from ncl_ext.models import ContrastiveModel, resnet18_cifar
 from ncl_ext.data.augment import CIFAR10_MEAN, CIFAR10_STD, simclr_batch_augmentation
 from ncl_ext.losses import InfoNCELoss
 

@@ -42,10 +42,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from ncl_ext.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from ncl_ext.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, write_text_atomically
+from ncl_ext.log import logger, progress
 
 __all__ = [
-    "BatchSource", "TensorBatches", "TrainConfig", "TrainResult", "Trainer", "make_accelerator", "seed_everything",
+    "BatchSource",
+    "TensorBatches",
+    "TrainConfig",
+    "TrainResult",
+    "Trainer",
+    "differing_keys",
+    "make_accelerator",
+    "read_history",
+    "seed_everything",
 ]
 
 OPTIMIZERS = ("lars", "sgd", "adamw")
@@ -58,7 +67,19 @@ class TrainConfig:
     """Optimisation settings shared by every recipe.
 
     ``lr`` is the learning rate actually used (recipes apply the ``batch / 256`` scaling
-    rule themselves); ``warmup_epochs`` may be fractional.
+    rule themselves); ``warmup_epochs`` may be fractional; the warm-up starts at
+    ``warmup_start_lr`` (``None``: ``lr / 1000``) and the cosine ends at ``min_lr``.
+
+    LARS is timm's ``Lars`` with ``trust_coeff=lars_trust_coeff`` and ``trust_clip=lars_clip``,
+    and biases and normalisation weights in a group without weight decay, which timm's LARS
+    also leaves out of the trust ratio: the update of solo-learn's LARS with ``eta``,
+    ``clip_lr`` and ``exclude_bias_n_norm``, which the official NCL configs use
+    (``eta: 0.02, clip_lr: True, exclude_bias_n_norm: True``).
+
+    The loop watches what NCL can go wrong on: it warns once when fewer than
+    ``min_active_fraction`` of the feature dimensions fire in a logged batch (collapse onto a
+    few units) and when more than ``max_dead_row_fraction`` of its samples have no active
+    unit at all. ``name`` labels the progress bar and the log messages.
     """
 
     epochs: int = 100
@@ -66,7 +87,10 @@ class TrainConfig:
     optimizer: str = "lars"
     momentum: float = 0.9
     weight_decay: float = 1e-4
+    lars_trust_coeff: float = 0.02
+    lars_clip: bool = True
     warmup_epochs: float = 10.0
+    warmup_start_lr: float | None = None
     min_lr: float = 0.0
     grad_accum_steps: int = 1
     max_grad_norm: float | None = None
@@ -76,6 +100,9 @@ class TrainConfig:
     log_every: int = 10
     sync_batchnorm: bool = True
     progress: bool = True
+    name: str = "train"
+    min_active_fraction: float = 0.1
+    max_dead_row_fraction: float = 0.1
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -89,6 +116,17 @@ class TrainConfig:
             raise ValueError(f"lr={self.lr!r}; expected a positive learning rate")
         if self.warmup_epochs < 0:
             raise ValueError(f"warmup_epochs={self.warmup_epochs!r}; expected >= 0")
+
+
+def differing_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``"key: old -> new"`` for every key whose value differs between two settings mappings.
+
+    Examples:
+        >>> differing_keys({"epochs": 6, "lr": 0.1}, {"epochs": 8, "lr": 0.1})
+        ['epochs: 6 -> 8']
+    """
+    keys = sorted(set(old) | set(new))
+    return [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in keys if old.get(key) != new.get(key)]
 
 
 class BatchSource(Protocol):
@@ -198,6 +236,11 @@ class Trainer:
         accelerator: Any = None,
         evaluate_epoch: Callable[[nn.Module, int], dict[str, float]] | None = None,
     ) -> None:
+        if config.warmup_epochs > config.epochs:
+            logger.warning(
+                f"[{config.name}] warmup_epochs={config.warmup_epochs:g} is longer than epochs={config.epochs}: "
+                "the learning rate never reaches its peak"
+            )
         self.config = config
         self.compute_loss = compute_loss
         self.evaluate_epoch = evaluate_epoch
@@ -222,6 +265,8 @@ class Trainer:
 
         config = self.config
         extra = {"momentum": config.momentum} if config.optimizer != "adamw" else {}
+        if config.optimizer == "lars":
+            extra.update(trust_coeff=config.lars_trust_coeff, trust_clip=config.lars_clip)
         return create_optimizer_v2(
             model, opt=config.optimizer, lr=config.lr, weight_decay=config.weight_decay, **extra
         )
@@ -234,7 +279,7 @@ class Trainer:
             self.optimizer,
             t_initial=config.epochs * self.updates_per_epoch,
             warmup_t=round(config.warmup_epochs * self.updates_per_epoch),
-            warmup_lr_init=config.lr * 1e-3,
+            warmup_lr_init=config.lr * 1e-3 if config.warmup_start_lr is None else config.warmup_start_lr,
             lr_min=config.min_lr,
             t_in_epochs=False,
         )
@@ -253,7 +298,10 @@ class Trainer:
             return TrainResult(accelerator.unwrap_model(self.model), history, resumed_from)
 
         total = config.epochs * len(self.batches)
-        bar = _progress_bar(total, state["step"], enabled=config.progress and accelerator.is_main_process)
+        bar = progress(
+            desc=f"train {config.name}", total=total, initial=state["step"], unit="batch",
+            enabled=config.progress and accelerator.is_main_process,
+        )
         self.model.train()
         step, update = state["step"], state["update"]
         saved_at = step
@@ -315,16 +363,37 @@ class Trainer:
         for key, value in output.items():
             if key == "features" and value is not None:
                 record.update(_feature_statistics(value.detach()))
+                self._watch_features(record)
             elif key != "loss" and isinstance(value, (torch.Tensor, float, int)):
                 record[key] = float(value)
         record["seconds"] = round(time.perf_counter() - started, 3)
         return record
 
+    def _watch_features(self, record: dict[str, float]) -> None:
+        """Warn once per run when the logged batch shows NCL's failure modes (few active units, dead samples)."""
+        config, warned = self.config, self.__dict__.setdefault("_warned", set())
+        if record["active_dims"] < config.min_active_fraction * record["num_dims"] and "dims" not in warned:
+            warned.add("dims")
+            logger.warning(
+                f"[{config.name}] only {record['active_dims']:.0f} of {record['num_dims']:.0f} feature dimensions fire "
+                f"at step {record['step']} (below {config.min_active_fraction:.0%}): the non-negative head is "
+                "collapsing; try nonneg=rep_relu, a lower learning rate or a higher temperature"
+            )
+        if record["dead_rows"] > config.max_dead_row_fraction and "rows" not in warned:
+            warned.add("rows")
+            logger.warning(
+                f"[{config.name}] {record['dead_rows']:.0%} of the samples in the batch at step {record['step']} have "
+                "no active feature (all-zero rows get no gradient through the normalisation)"
+            )
+
     def _save(self, step: int, update: int, epoch: int, history: list, finished: bool) -> None:
         self.accelerator.wait_for_everyone()
         if self.checkpoint_dir is None or not self.accelerator.is_main_process:
             return
-        trainer_state = {"step": step, "update": update, "epoch": epoch, "finished": finished, "history": history}
+        trainer_state = {
+            "step": step, "update": update, "epoch": epoch, "finished": finished, "history": history,
+            "settings": self._settings(),
+        }
         extra_state = {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -338,13 +407,25 @@ class Trainer:
         if self.checkpoint_dir is None or latest_checkpoint(self.checkpoint_dir) is None:
             return fresh
         state = load_checkpoint(self.checkpoint_dir, self.accelerator.unwrap_model(self.model))
+        differences = differing_keys(state.get("settings", {}), self._settings())
+        if differences:
+            raise ValueError(
+                f"the checkpoints in {self.checkpoint_dir} were trained with other settings ({'; '.join(differences)}); "
+                "train into a new output folder, or delete that one to start over"
+            )
         extra = state.pop("extra_state")
         self.optimizer.load_state_dict(extra["optimizer"])
         self.scheduler.load_state_dict(extra["scheduler"])
         _set_rng_state(extra["rng"])
-        if self.accelerator.is_main_process:
-            self.accelerator.print(f"resuming from step {state['step']} (epoch {state['epoch']}) in {self.checkpoint_dir}")
+        if self.accelerator.is_main_process and not state.get("finished"):
+            logger.info(f"[{self.config.name}] resuming from step {state['step']} (epoch {state['epoch']}) in {self.checkpoint_dir}")
         return state
+
+    def _settings(self) -> dict[str, Any]:
+        """What decides the trained weights: the optimisation settings and the batches per epoch."""
+        ignored = ("checkpoint_every", "log_every", "progress", "name", "min_active_fraction", "max_dead_row_fraction")
+        settings = {key: value for key, value in asdict(self.config).items() if key not in ignored}
+        return {**settings, "batches_per_epoch": len(self.batches)}
 
 
 class _DataLoaderBatches:
@@ -363,7 +444,7 @@ class _DataLoaderBatches:
 
 
 def _feature_statistics(features: torch.Tensor) -> dict[str, float]:
-    """Batch-level sparsity, active dimensions and effective rank (the NCL effects)."""
+    """Batch-level sparsity, active dimensions, dead rows and effective rank (the NCL effects)."""
     features = features.float().flatten(1)
     active = features.abs() > 1e-5
     singular = torch.linalg.svdvals(features)
@@ -372,6 +453,8 @@ def _feature_statistics(features: torch.Tensor) -> dict[str, float]:
     return {
         "sparsity": float(1 - active.float().mean()),
         "active_dims": float(active.any(0).sum()),
+        "num_dims": float(features.shape[1]),
+        "dead_rows": float((~active.any(1)).float().mean()),
         "effective_rank": float(entropy.exp()),
     }
 
@@ -399,9 +482,17 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(list(state["cuda"]))
 
 
+def read_history(output_dir: str | os.PathLike) -> list[dict[str, float]]:
+    """The log records a :class:`Trainer` wrote to ``output_dir/log.jsonl`` (empty if none)."""
+    path = Path(output_dir) / "log.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def _write_logs(output_dir: Path, history: list[dict[str, float]]) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+    write_text_atomically(output_dir / "log.jsonl", "".join(json.dumps(r) + "\n" for r in history))
     columns = sorted({key for record in history for key in record}, key=_column_order)
     with open(output_dir / "log.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
@@ -412,9 +503,3 @@ def _write_logs(output_dir: Path, history: list[dict[str, float]]) -> None:
 def _column_order(column: str) -> tuple[int, str]:
     first = LOG_COLUMNS_FIRST
     return (first.index(column) if column in first else len(first), column)
-
-
-def _progress_bar(total: int, initial: int, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, disable=not enabled, desc="train", unit="batch", dynamic_ncols=True)

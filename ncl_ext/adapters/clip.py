@@ -44,7 +44,12 @@ Examples:
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +57,21 @@ from torch import nn
 
 from ncl_ext.nonneg import NonNegative, select_output
 
-__all__ = ["HFCLIPView", "NonNegativeCLIP", "nonneg_clip"]
+__all__ = [
+    "MODEL_CONFIGS",
+    "ClipParts",
+    "HFCLIPView",
+    "NonNegativeCLIP",
+    "PairEmbeddings",
+    "build_hf_clip",
+    "build_open_clip",
+    "encode_pairs",
+    "nonneg_clip",
+]
+
+#: open_clip model configs (JSON, open_clip's format) shipped with ncl_ext, e.g. ``digits-tiny``:
+#: a CLIP small enough to train from scratch on a CPU (8x8 ViT with 2x2 patches, 2-layer text tower).
+MODEL_CONFIGS = Path(__file__).with_name("open_clip_configs")
 
 _FEATURE_KEYS = ("image_features", "text_features")
 
@@ -298,3 +317,146 @@ class HFCLIPView(_CLIPInterface):
 def _embedding(output: Any) -> torch.Tensor:
     """transformers 4.x returns the embedding tensor, 5.x an output whose ``pooler_output`` it is."""
     return output if isinstance(output, torch.Tensor) else select_output(output, "pooler_output")
+
+
+
+# ------------------------------------------------------------------ building and saving models
+
+
+class ClipParts(NamedTuple):
+    """A CLIP model behind open_clip's interface, what feeds it, and how to save it."""
+
+    model: nn.Module  #: encode_image / encode_text (normalize=), forward, logit_scale, logit_bias
+    tokenizer: Callable[[list[str]], torch.Tensor]
+    train_transform: Callable[[Any], torch.Tensor]
+    eval_transform: Callable[[Any], torch.Tensor]
+    export: Callable[[nn.Module, Path], None]  #: ``export(trained_model, folder)``
+
+
+def build_open_clip(
+    name: str,
+    pretrained: str | None = None,
+    nonneg: str | None = None,
+    init_temperature: float | None = None,
+    crop_scale: tuple[float, float] = (0.9, 1.0),
+) -> ClipParts:
+    """An open_clip model by name (``ViT-B-32``, ``local-dir:PATH``, ``hf-hub:...`` or a config of
+    :data:`MODEL_CONFIGS`), non-negative under ``nonneg``, with its tokenizer and transforms.
+
+    Args:
+        name: an open_clip model name.
+        pretrained: an open_clip pretrained tag (downloads) or a local checkpoint file.
+        nonneg: ``None`` (CL) or the mode of :func:`nonneg_clip` (NCL).
+        init_temperature: models from random init start with ``logit_scale = log(1 / init_temperature)``.
+        crop_scale: the random-resized-crop area range of the training transform.
+
+    Examples:
+        >>> parts = build_open_clip("digits-tiny", nonneg="relu", init_temperature=0.2)
+        >>> type(parts.model).__name__, round(float(parts.model.logit_scale.detach().exp()), 3)
+        ('NonNegativeCLIP', 5.0)
+    """
+    import open_clip
+
+    open_clip.add_model_config(MODEL_CONFIGS)
+    extra = {} if init_temperature is None or pretrained else {"init_logit_scale": math.log(1 / init_temperature)}
+    if pretrained is not None and ("/" in pretrained or pretrained.endswith((".bin", ".pt", ".safetensors"))):
+        if not Path(pretrained).is_file():
+            raise FileNotFoundError(f"pretrained={pretrained!r} is not a checkpoint file")
+    try:
+        model, train_transform, eval_transform = open_clip.create_model_and_transforms(
+            name, pretrained=pretrained, aug_cfg={"scale": tuple(crop_scale)}, **extra
+        )
+    except RuntimeError as error:
+        raise ValueError(
+            f"could not build open_clip model={name!r} with pretrained={pretrained!r} ({error}). "
+            "Pretrained tags are downloaded from the Hugging Face hub; without it, pass a local checkpoint "
+            "file (pretrained=/path/open_clip_pytorch_model.bin) or folder (model=local-dir:/path)"
+        ) from None
+    if nonneg is not None:
+        model = nonneg_clip(model, nonneg)
+    export = functools.partial(_export_open_clip, model_cfg=open_clip.get_model_config(name), nonneg=nonneg)
+    return ClipParts(model, open_clip.get_tokenizer(name), train_transform, eval_transform, export)
+
+
+def _export_open_clip(model: nn.Module, folder: Path, model_cfg: dict | None, nonneg: str | None) -> None:
+    """An open_clip ``local-dir:`` folder: weights under open_clip's keys, config and the NCL mode."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    from ncl_ext.checkpoint import write_text_atomically
+
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = {key: value.detach().contiguous().cpu() for key, value in model.state_dict().items()}
+    save_file(weights, folder / "open_clip_model.safetensors")
+    if model_cfg is not None:
+        preprocess_cfg = open_clip.get_model_preprocess_cfg(model)
+        config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg, "ncl_nonneg": nonneg}
+        write_text_atomically(folder / "open_clip_config.json", json.dumps(config, indent=2, default=list))
+
+
+def build_hf_clip(folder: str | Path, nonneg: str | None = None) -> ClipParts:
+    """A local Hugging Face ``CLIPModel`` / ``SiglipModel`` folder behind open_clip's interface (:class:`HFCLIPView`).
+
+    ``nonneg`` patches the model with :func:`ncl_ext.patch` (a head saved in the folder is
+    removed first, so ``nonneg=None`` is the plain model). Texts are padded to the model's
+    full length, as SigLIP was trained (CLIP's causal mask ignores the padding).
+    """
+    import transformers
+
+    from ncl_ext.adapters.hf import patch, unpatch
+
+    if folder is None or not Path(folder).is_dir():
+        raise FileNotFoundError(
+            f"model={folder!r} is not a folder; expected a local Hugging Face CLIP / SigLIP folder "
+            "(config, weights, tokenizer, image processor)"
+        )
+    model = unpatch(transformers.AutoModel.from_pretrained(folder))
+    if nonneg is not None:
+        patch(model, nonneg)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    processor = transformers.AutoImageProcessor.from_pretrained(folder)
+    max_length = model.config.text_config.max_position_embeddings
+
+    tokenize = functools.partial(_hf_tokenize, tokenizer, max_length)  # partials pickle into DataLoader workers
+    transform = functools.partial(_hf_transform, processor)
+
+    def export(trained: nn.Module, target: Path) -> None:
+        trained.model.save_pretrained(target)
+        tokenizer.save_pretrained(target)
+        processor.save_pretrained(target)
+
+    return ClipParts(HFCLIPView(model), tokenize, transform, transform, export)
+
+
+def _hf_tokenize(tokenizer: Any, max_length: int, texts: list[str]) -> torch.Tensor:
+    encoded = tokenizer(texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
+    return encoded["input_ids"]
+
+
+def _hf_transform(processor: Any, image: Any) -> torch.Tensor:
+    return processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+
+class PairEmbeddings(NamedTuple):
+    """The embeddings of image-caption pairs, as :func:`encode_pairs` returns them."""
+
+    images: torch.Tensor  #: (N, D) L2-normalised image embeddings
+    texts: torch.Tensor  #: (N, D) L2-normalised embeddings of each pair's first caption
+    labels: torch.Tensor  #: (N,) class indices, -1 without
+
+
+@torch.no_grad()
+def encode_pairs(parts: ClipParts, pairs: Any, batch_size: int, device: Any, num_workers: int = 0) -> PairEmbeddings:
+    """Embed an :class:`~ncl_ext.data.image_text.ImageTextDataset` with ``parts``' eval transform and tokenizer."""
+    from ncl_ext.data.image_text import ImageTextCollate
+
+    loader = torch.utils.data.DataLoader(
+        pairs, batch_size=batch_size, num_workers=num_workers,
+        collate_fn=ImageTextCollate(parts.eval_transform, parts.tokenizer),
+    )
+    images, texts, labels = [], [], []
+    for pixels, tokens, batch_labels in loader:
+        images.append(parts.model.encode_image(pixels.to(device), normalize=True).float().cpu())
+        texts.append(parts.model.encode_text(tokens.to(device), normalize=True).float().cpu())
+        labels.append(batch_labels)
+    return PairEmbeddings(torch.cat(images), torch.cat(texts), torch.cat(labels))

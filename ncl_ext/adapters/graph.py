@@ -42,7 +42,7 @@ from torch import nn
 
 from ncl_ext.nonneg import NonNegative, check_mode, nonneg
 
-__all__ = ["GRACE", "OBJECTIVES", "GCNEncoder", "GraphAugmentation", "PyGCLInfoNCE", "normalized_adjacency"]
+__all__ = ["GRACE", "OBJECTIVES", "GCNEncoder", "GraphAugmentation", "PyGCLInfoNCE", "graph_inputs", "normalized_adjacency"]
 
 #: The contrastive objectives :class:`GRACE` can train with.
 OBJECTIVES = ("infonce", "spectral")
@@ -216,26 +216,31 @@ class GRACE(nn.Module):
         else:
             self.loss = SpectralContrastiveLoss()
 
-    def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
-        """Node embeddings ``(N, embedding_dim)``: the encoder output, before projector and head."""
-        return self.encoder(x, edge_index)
+    def forward(self, x: Any, edge_index: Any = None) -> torch.Tensor:
+        """Node embeddings ``(N, embedding_dim)``: the encoder output, before projector and head.
+
+        Takes ``(x, edge_index)``, a PyG ``Data`` / ``Batch`` (``x`` and ``edge_index`` or
+        ``adj_t``), or ``x`` with a torch sparse or ``torch_sparse.SparseTensor`` adjacency.
+        """
+        return self.encoder(*graph_inputs(x, edge_index))
 
     def project(self, embeddings: torch.Tensor) -> torch.Tensor:
         """The features the objective sees: ``head(projector(embeddings))`` (non-negative under NCL)."""
         return self.head(self.projector(embeddings))
 
-    def training_step(self, x: torch.Tensor, edge_index: torch.Tensor) -> dict[str, Any]:
+    def training_step(self, x: Any, edge_index: Any = None) -> dict[str, Any]:
         """Draw the two views, encode and project both, and return the objective.
 
-        Returns:
-            ``{"loss": scalar, "features": head output of the first view}`` (the form the
-            shared :class:`ncl_ext.training.Trainer` logs feature statistics from).
+        Takes the graph as :meth:`forward` does. Returns ``{"loss": scalar, "features": head
+        output of the first view}`` (the form the shared :class:`ncl_ext.training.Trainer`
+        logs feature statistics from).
         """
+        x, edge_index = graph_inputs(x, edge_index)
         first, second = (self.project(self(*view(x, edge_index))) for view in self.views)
         return {"loss": self.loss(first, second), "features": first.detach()}
 
     @torch.no_grad()
-    def embed(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+    def embed(self, x: Any, edge_index: Any = None) -> torch.Tensor:
         """Embeddings of the uncorrupted graph in eval mode, for a linear probe."""
         was_training = self.training
         self.eval()
@@ -245,9 +250,44 @@ class GRACE(nn.Module):
             self.train(was_training)
 
     @torch.no_grad()
-    def head_features(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+    def head_features(self, x: Any, edge_index: Any = None) -> torch.Tensor:
         """Head outputs of the uncorrupted graph: the features NCL makes sparse."""
         return self.project(self.embed(x, edge_index))
+
+
+def graph_inputs(x: Any, edge_index: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x, edge_index)`` from ``(x, edge_index)``, a PyG ``Data`` / ``Batch`` or a sparse adjacency.
+
+    Examples:
+        >>> from torch_geometric.data import Data
+        >>> graph = Data(x=torch.ones(3, 2), edge_index=torch.tensor([[0, 1], [1, 2]]))
+        >>> graph_inputs(graph)[1].tolist()
+        [[0, 1], [1, 2]]
+        >>> adjacency = torch.sparse_coo_tensor(torch.tensor([[0, 1], [1, 2]]), torch.ones(2), (3, 3), check_invariants=True)
+        >>> graph_inputs(torch.ones(3, 2), adjacency)[1].tolist()
+        [[0, 1], [1, 2]]
+    """
+    if edge_index is None:
+        if not (hasattr(x, "x") and (hasattr(x, "edge_index") or hasattr(x, "adj_t"))):
+            raise ValueError(
+                f"expected (x, edge_index) or a torch_geometric Data / Batch with x and edge_index, got {type(x).__name__}"
+            )
+        x, edge_index = x.x, x.edge_index if getattr(x, "edge_index", None) is not None else x.adj_t
+    if not isinstance(x, torch.Tensor) or x.dim() != 2:
+        raise ValueError(f"x must be a (num_nodes, num_features) tensor, got {getattr(x, 'shape', type(x).__name__)}")
+    if isinstance(edge_index, torch.Tensor) and not edge_index.is_sparse and edge_index.layout == torch.strided:
+        if edge_index.dim() != 2 or edge_index.shape[0] != 2:
+            raise ValueError(f"edge_index must be a (2, num_edges) tensor, got shape {tuple(edge_index.shape)}")
+        return x, edge_index
+    from torch_geometric.utils import to_edge_index
+
+    try:
+        edge_index, _ = to_edge_index(edge_index)  # torch sparse (COO / CSR) or torch_sparse.SparseTensor
+    except (TypeError, ValueError, AttributeError, RuntimeError) as error:
+        raise ValueError(
+            f"the adjacency must be an edge_index, a torch sparse tensor or a SparseTensor, got {type(edge_index).__name__}"
+        ) from error
+    return x, edge_index
 
 
 class PyGCLInfoNCE:

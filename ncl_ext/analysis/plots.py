@@ -4,7 +4,11 @@
 - :func:`plot_correlation_heatmap` — ``|cos|`` between the most active dimensions;
 - :func:`plot_top_activating_images` / :func:`write_top_activating_texts` — "what each
   dimension means": the samples that activate a dimension most, as an image grid (one row
-  per dimension) or as a Markdown list of texts.
+  per dimension) or as a Markdown list of texts;
+- :func:`plot_comparison` — runs side by side (CL vs NCL): sorted activation frequency,
+  per-dimension class purity, and the top-activating samples of the dimensions of highest
+  expected activation (images, texts, or the class histogram of those samples);
+- :func:`plot_curves` — one line per run over epochs (e.g. test accuracy).
 
 Wang, Zhang, Guo, Wang, "Non-negative Contrastive Learning", ICLR 2024 (arXiv:2403.12459),
 Fig. 1 and 3: NCL dimensions fire for few samples of one class, CL dimensions for all.
@@ -32,6 +36,8 @@ from ncl_ext.analysis.selection import expected_activation, expected_activation_
 
 __all__ = [
     "plot_activation_frequency",
+    "plot_comparison",
+    "plot_curves",
     "plot_correlation_heatmap",
     "plot_top_activating_images",
     "top_activating_samples",
@@ -220,3 +226,98 @@ def write_top_activating_texts(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+def _class_purity(features: torch.Tensor, labels: torch.Tensor, eps: float = DEFAULT_EPS) -> np.ndarray:
+    """Per active dimension, the share of its active samples (|z| > eps on L2-normalised rows) in its top class."""
+    rows = torch.nn.functional.normalize(features.double(), dim=1)
+    active = (rows.abs() > eps).double()
+    counts = torch.zeros(int(labels.max()) + 1, features.shape[1], dtype=torch.float64)
+    counts.index_add_(0, labels.long(), active)
+    totals = counts.sum(0)
+    used = totals > 0
+    return (counts.max(0).values[used] / totals[used]).numpy()
+
+
+def plot_comparison(runs: dict[str, dict[str, Any]], path: str | Path, eps: float = DEFAULT_EPS) -> Path:
+    """Runs side by side, one column each: what non-negativity changes, at a glance.
+
+    Rows: (1) the share of samples each dimension fires on, dimensions sorted (NCL: a long
+    tail of rarely firing dimensions; CL: every dimension on every sample); (2) each active
+    dimension's class purity, sorted (the per-dimension terms of semantic consistency),
+    with labels; (3) the most activating samples of the dimensions of highest expected
+    activation: an image grid, a list of texts, or, with neither, the class histogram of
+    those samples.
+
+    Args:
+        runs: run name -> :func:`~ncl_ext.analysis.loading.load_run_features` content
+            (``features``, optional ``labels``, ``top_dims``, ``top_samples``, ``top_images``, ``texts``).
+        path: PNG file to write.
+    """
+    if not runs:
+        raise ValueError("runs is empty: nothing to compare")
+    has_labels = all("labels" in run for run in runs.values())
+    rows = 3 if has_labels else 2
+    figure = _figure(5.2 * len(runs), 3.2 * rows + 1.5)
+    grid = figure.subplots(rows, len(runs), squeeze=False)
+    for column, (name, run) in enumerate(runs.items()):
+        features = as_features(run["features"])
+        frequency = np.sort(activation_frequency(features.abs(), eps).numpy())[::-1]
+        zeros = float((torch.nn.functional.normalize(features, dim=1).abs() <= eps).double().mean())
+        axes = grid[0][column]
+        axes.plot(np.arange(1, len(frequency) + 1), frequency)
+        axes.set(xlabel="dimension (sorted)", ylabel="share of samples firing", ylim=(0, 1.02),
+                 title=f"{name}: {zeros:.0%} zeros, {int((frequency > 0).sum())} active dims")
+        if has_labels:
+            purity = np.sort(_class_purity(features, run["labels"], eps))[::-1]
+            axes = grid[1][column]
+            axes.plot(np.arange(1, len(purity) + 1), purity)
+            axes.axhline(float(purity.mean()), linestyle="--", color="gray")
+            axes.set(xlabel="active dimension (sorted)", ylabel="top-class share", ylim=(0, 1.02),
+                     title=f"{name}: class purity per dimension (mean {purity.mean():.2f})")
+        _draw_top_samples(grid[rows - 1][column], name, run)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def _draw_top_samples(axes: Any, name: str, run: dict[str, Any]) -> None:
+    dims, top = run["top_dims"].tolist(), run["top_samples"]
+    axes.set_title(f"{name}: top samples of the {len(dims)} highest-EA dims")
+    if "top_images" in run:
+        images = run["top_images"]
+        per_row = [np.concatenate(list(_as_images(images[row], images.shape[1])), axis=1) for row in range(len(dims))]
+        mosaic = np.concatenate(per_row, axis=0)
+        axes.imshow(mosaic, cmap="gray" if mosaic.ndim == 2 else None, vmin=0, vmax=1)
+        height = mosaic.shape[0] / len(dims)
+        axes.set_yticks([height * (row + 0.5) for row in range(len(dims))], [f"dim {d}" for d in dims])
+        axes.set_xticks([])
+    elif "texts" in run:
+        lines = []
+        for dim, texts in zip(dims, run["texts"]):
+            lines.append(f"dim {dim}:")
+            lines += [f"  {text[:70]}" for text in texts[:3]]
+        axes.text(0, 1, "\n".join(lines), va="top", ha="left", family="monospace", fontsize=7, transform=axes.transAxes)
+        axes.axis("off")
+    elif "labels" in run:
+        labels = run["labels"]
+        classes = int(labels.max()) + 1
+        width = 0.8 / len(dims)
+        for position, (dim, samples) in enumerate(zip(dims, top)):
+            counts = np.bincount(labels[samples].numpy(), minlength=classes)
+            axes.bar(np.arange(classes) + position * width, counts, width=width, label=f"dim {dim}")
+        axes.set(xlabel="class", ylabel="top samples")
+        axes.legend(fontsize=7)
+    else:
+        axes.axis("off")
+
+
+def plot_curves(curves: dict[str, Sequence[float]], path: str | Path, ylabel: str, title: str) -> Path:
+    """One line per run (e.g. test accuracy after every epoch), epochs from 1."""
+    figure = _figure(6, 4)
+    axes = figure.add_subplot()
+    for name, curve in curves.items():
+        axes.plot(range(1, len(curve) + 1), curve, marker="o" if len(curve) < 20 else None, label=name)
+    axes.set(xlabel="epoch", ylabel=ylabel, title=title)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    return _save(figure, path)

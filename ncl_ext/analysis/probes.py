@@ -5,7 +5,8 @@ ICML 2020), used by Wang, Zhang, Guo, Wang, "Non-negative Contrastive Learning",
 ICLR 2024 (arXiv:2403.12459) to show that NCL keeps (or improves) CL's accuracy. The kNN
 classifier is the temperature-weighted vote of Wu et al., "Unsupervised Feature Learning
 via Non-Parametric Instance Discrimination", CVPR 2018, that SimCLR-style code uses to
-monitor training.
+monitor training. The logistic regression with its regularisation chosen on validation rows
+is the node-classification probe of GRACE (graph contrastive learning).
 
 Examples:
     >>> import torch
@@ -19,16 +20,18 @@ Examples:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ncl_ext._checks import as_features, check_int, check_positive
+from ncl_ext._checks import as_features, as_labels, check_int, check_positive
 from ncl_ext.analysis.retrieval import cosine_top_k
+from ncl_ext.log import progress
 
-__all__ = ["knn_accuracy", "linear_probe"]
+__all__ = ["knn_accuracy", "linear_probe", "logistic_regression_accuracy"]
 
 
 def _train_test(
@@ -113,7 +116,7 @@ def linear_probe(
     batch = len(train) if batch_size is None else min(batch_size, len(train))
     steps_per_epoch = -(-len(train) // batch)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
-    for _ in range(epochs):
+    for _ in progress(range(epochs), "linear probe", unit="epoch"):
         order = torch.randperm(len(train), generator=generator).to(device) if batch < len(train) else None
         for step in range(steps_per_epoch):
             rows = slice(None) if order is None else order[step * batch : (step + 1) * batch]
@@ -161,3 +164,47 @@ def knn_accuracy(
     votes = torch.zeros(len(test), num_classes, dtype=torch.float64)
     votes.scatter_add_(1, train_y[neighbours.cpu()], weights)
     return float((votes.argmax(1) == test_y).double().mean())
+
+
+def logistic_regression_accuracy(
+    features: Any,
+    labels: Any,
+    split: tuple[Any, Any, Any],
+    inverse_regularization: Sequence[float] = (0.0625, 0.25, 1.0, 4.0, 16.0, 64.0, 256.0, 1024.0),
+) -> float:
+    """Test accuracy of an L2-regularised logistic regression on L2-normalised features (GRACE's probe).
+
+    scikit-learn's one-vs-rest ``liblinear`` logistic regression (the classifier of Zhu et al.,
+    "Deep Graph Contrastive Representation Learning", 2020) is fitted on the ``train`` rows
+    for each ``C`` (inverse L2 strength) in ``inverse_regularization``; the one most accurate
+    on the ``validation`` rows is scored on the ``test`` rows, which no choice has seen.
+
+    Args:
+        features: ``(N, D)`` features; labels: ``(N,)`` class labels.
+        split: ``(train, validation, test)`` row indices.
+        inverse_regularization: the candidate values of ``C``.
+
+    Examples:
+        >>> x = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]] * 3)
+        >>> y = torch.tensor([0, 0, 1, 1] * 3)
+        >>> logistic_regression_accuracy(x, y, (torch.arange(4), torch.arange(4, 8), torch.arange(8, 12)))
+        1.0
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+
+    features = as_features(features)
+    codes = as_labels(labels, features.shape[0])
+    if not inverse_regularization:
+        raise ValueError("inverse_regularization must list at least one value of C")
+    x = F.normalize(features.double(), dim=1).cpu().numpy()
+    y = codes.numpy()
+    train, validation, test = (torch.as_tensor(index).cpu().numpy() for index in split)
+    best_score, best_model = -1.0, None
+    for c in inverse_regularization:
+        model = OneVsRestClassifier(LogisticRegression(C=check_positive(c, "inverse_regularization"), solver="liblinear"))
+        model.fit(x[train], y[train])
+        score = model.score(x[validation], y[validation])
+        if score > best_score:
+            best_score, best_model = score, model
+    return float(best_model.score(x[test], y[test]))

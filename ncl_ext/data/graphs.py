@@ -28,14 +28,22 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 if TYPE_CHECKING:
     from torch_geometric.data import Data
 
-__all__ = ["GRAPH_DATASETS", "GraphDatasetSpec", "load_graph_dataset", "planted_partition_graph"]
+__all__ = [
+    "GRAPH_DATASETS",
+    "GraphDatasetSpec",
+    "WholeGraph",
+    "load_graph_dataset",
+    "planted_partition_graph",
+    "random_node_splits",
+]
 
 
 @dataclass(frozen=True)
@@ -205,3 +213,41 @@ def _find_raw_folder(spec: GraphDatasetSpec, data_root: Path) -> Path:
         f"no {spec.pyg_name} raw files under data_root={str(data_root)!r}; expected "
         f"{data_root / spec.folder / 'raw' / spec.raw_files[0]} (PyG's layout) or the files directly in the folder"
     )
+
+
+def random_node_splits(
+    num_nodes: int, train_fraction: float, val_fraction: float, count: int, seed: int
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """``count`` random ``(train, validation, test)`` node index splits (GRACE: 10% / 10% / 80%).
+
+    Examples:
+        >>> [len(part) for part in random_node_splits(100, 0.1, 0.1, count=1, seed=0)[0]]
+        [10, 10, 80]
+    """
+    generator = torch.Generator().manual_seed(seed)
+    train_size, val_size = round(train_fraction * num_nodes), round(val_fraction * num_nodes)
+    splits = []
+    for _ in range(count):
+        order = torch.randperm(num_nodes, generator=generator)
+        splits.append((order[:train_size], order[train_size : train_size + val_size], order[train_size + val_size :]))
+    return splits
+
+
+class WholeGraph:
+    """A :class:`ncl_ext.training.BatchSource` of one batch per epoch: the whole graph (full-batch training).
+
+    Examples:
+        >>> source = WholeGraph("graph")
+        >>> len(source), list(source.batches(epoch=0))
+        (1, ['graph'])
+    """
+
+    def __init__(self, graph: Any) -> None:
+        self.graph = graph
+
+    def __len__(self) -> int:
+        return 1
+
+    def batches(self, epoch: int, start: int = 0) -> Iterator[Any]:
+        if start == 0:
+            yield self.graph

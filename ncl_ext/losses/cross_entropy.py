@@ -8,21 +8,22 @@ fires for few classes, at equal or better accuracy (ImageNet-100: CE 76.1 vs NCE
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ncl_ext._checks import check_features, check_nonneg_mode
+from ncl_ext.models.classifier import NonNegativeLinear
 from ncl_ext.nonneg import nonneg as apply_nonneg
 
 
 class NonNegativeCrossEntropyLoss(nn.Module):
-    """A linear classifier on non-negative features, trained with cross-entropy.
+    """Cross-entropy of a linear classifier on non-negative features: NCE behind a loss interface.
 
-    ``logits = nonneg(features) @ W.T (+ b)``, ``loss = cross_entropy(logits, labels)``.
-    The module owns the classifier, so its parameters must be given to the optimiser.
+    ``logits = nonneg(features) @ W.T (+ b)`` (``W+ = nonneg(W)`` with ``nonneg_weights``),
+    ``loss = cross_entropy(logits, labels)``. The classifier is a
+    :class:`ncl_ext.models.NonNegativeLinear` (the layer :class:`ncl_ext.models.NonNegativeClassifier`
+    uses too), ``loss.classifier``, owned by the loss: give the loss's parameters to the optimiser.
 
     Args:
         in_features: feature dimension.
@@ -63,32 +64,27 @@ class NonNegativeCrossEntropyLoss(nn.Module):
         self.nonneg = check_nonneg_mode(nonneg)
         if nonneg_weights and self.nonneg is None:
             raise ValueError("nonneg_weights=True needs a nonneg mode (got nonneg=None)")
-        self.in_features = in_features
-        self.num_classes = num_classes
+        self.classifier = NonNegativeLinear(
+            in_features, num_classes, bias=bias, nonneg=self.nonneg if nonneg_weights else None
+        )
         self.nonneg_weights = nonneg_weights
         self.label_smoothing = float(label_smoothing)
         self.check_finite = check_finite
-        self.weight = nn.Parameter(torch.empty(num_classes, in_features))
-        self.bias = nn.Parameter(torch.empty(num_classes)) if bias else None
-        self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        """``nn.Linear``'s initialisation; with non-negative weights, its absolute value."""
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.nonneg_weights:
-            with torch.no_grad():
-                self.weight.abs_()
-        if self.bias is not None:
-            bound = 1 / math.sqrt(self.in_features)
-            nn.init.uniform_(self.bias, -bound, bound)
+    @property
+    def in_features(self) -> int:
+        return self.classifier.in_features
+
+    @property
+    def num_classes(self) -> int:
+        return self.classifier.out_features
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """Class scores ``(batch, num_classes)`` of ``features`` ``(batch, in_features)``."""
         check_features(features, "features", self.check_finite)
         if features.shape[1] != self.in_features:
             raise ValueError(f"features must have {self.in_features} columns, got shape {tuple(features.shape)}")
-        weight = apply_nonneg(self.weight, self.nonneg) if self.nonneg_weights else self.weight
-        return F.linear(apply_nonneg(features, self.nonneg), weight, self.bias)
+        return self.classifier(apply_nonneg(features, self.nonneg))
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of ``features`` ``(batch, in_features)`` against int ``labels`` ``(batch,)``."""
@@ -103,7 +99,5 @@ class NonNegativeCrossEntropyLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"in_features={self.in_features}, num_classes={self.num_classes}, nonneg={self.nonneg!r}, "
-            f"bias={self.bias is not None}, nonneg_weights={self.nonneg_weights}, "
-            f"label_smoothing={self.label_smoothing}"
+            f"nonneg={self.nonneg!r}, nonneg_weights={self.nonneg_weights}, label_smoothing={self.label_smoothing}"
         )

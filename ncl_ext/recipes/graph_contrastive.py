@@ -20,11 +20,10 @@ Presets: ``synthetic`` (the offline default: a generated graph with planted comm
 seconds), ``cora``, ``citeseer``, ``pubmed`` (GRACE's published settings, its
 ``config.yaml``), ``amazon-computers``, ``amazon-photo``, ``coauthor-cs`` (the settings
 published with GRACE's successor GCA, Zhu et al., WWW 2021, which evaluates GRACE on
-them). Real graphs are read from ``--data-root`` (PyG's raw files; never written to).
-One addition to GRACE's settings, for both runs: the gradient norm is clipped at
-``max_grad_norm=1.0``. Without it the NCL run on Cora collapses for 20-60 epochs once or
-twice per run (the loss climbs back towards log 2N, the effective rank falls from about
-20 to 7) before recovering; ``max_grad_norm=none`` trains exactly as published.
+them). Real graphs are read from ``--data-root`` (PyG's raw files; never written to;
+PyG's Planetoid reader unpickles them, so the data root must be trusted).
+The presets' values and their sources are in ``recipes/graph-contrastive/*.yaml``; what
+the recipe adds to GRACE's settings, and why, is in ``recipes/graph-contrastive/README.md``.
 
 Examples:
     ncl-ext run graph-contrastive                                    # generated graph, CPU, seconds
@@ -34,7 +33,6 @@ Examples:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,241 +42,142 @@ import torch
 
 from ncl_ext import analysis
 from ncl_ext.adapters.graph import GRACE, OBJECTIVES, GCNEncoder, GraphAugmentation
-from ncl_ext.data.graphs import GRAPH_DATASETS, load_graph_dataset, planted_partition_graph
-from ncl_ext.nonneg import check_mode
+from ncl_ext.analysis.loading import save_run_features
+from ncl_ext.analysis.probes import logistic_regression_accuracy
+from ncl_ext.data.graphs import GRAPH_DATASETS, WholeGraph, load_graph_dataset, planted_partition_graph, random_node_splits
+from ncl_ext.log import logger
+from ncl_ext.recipes.config import Settings, optimizer_summary, setting
 from ncl_ext.training import TrainConfig, Trainer, make_accelerator, seed_everything
 
 RUN_NAMES = ("cl", "ncl")
 SYNTHETIC = "synthetic"
+DEFAULT_PRESET = SYNTHETIC
+_C_VALUES = (0.0625, 0.25, 1.0, 4.0, 16.0, 64.0, 256.0, 1024.0)
 
 
 @dataclass
-class Config:
+class Config(Settings):
     """Every setting of a graph contrastive run (override any of them with ``key=value``)."""
 
-    dataset: str = SYNTHETIC
-    data_root: str | None = None
-    device: str | None = None
-    runs: tuple[str, ...] = RUN_NAMES
-    # The generated graph (dataset=synthetic).
-    num_nodes: int = 800
-    num_classes: int = 5
-    num_features: int = 200
-    normalize_features: bool = True
-    # GRACE: encoder, projector, views, objective (names of its config.yaml in comments).
-    hidden: int = 128  # num_hidden: embedding size (the first GCN layer has twice as many units)
-    projection_hidden: int = 128  # num_proj_hidden
-    activation: str = "relu"
-    num_layers: int = 2
-    drop_edge: tuple[float, ...] = (0.2, 0.4)  # drop_edge_rate_1, drop_edge_rate_2
-    mask_feature: tuple[float, ...] = (0.3, 0.4)  # drop_feature_rate_1, drop_feature_rate_2
-    temperature: float = 0.4  # tau
-    objective: str = "infonce"
-    nonneg: str = "relu"  # the NCL run's head (gelu / leaky_relu: the paper's non-non-negative ablations)
-    chunk_size: int | None = None  # InfoNCE rows at a time, for graphs too large for the N x N matrix
-    # Optimisation: GRACE trains full-batch with Adam at a constant learning rate.
-    epochs: int = 200  # num_epochs
-    lr: float = 5e-4  # learning_rate
-    weight_decay: float = 1e-5
-    # Not in GRACE: clipping the gradient norm stops the NCL run's transient collapses on Cora
-    # (loss back near log 2N for 20-60 epochs) and leaves CL's accuracy within noise.
-    max_grad_norm: float | None = 1.0
-    cosine_decay: bool = False
-    seed: int = 0
-    # Evaluation: GRACE's node-classification protocol.
-    eval_splits: int = 10
-    train_fraction: float = 0.1
-    val_fraction: float = 0.1
-    inverse_regularization: tuple[float, ...] = (0.0625, 0.25, 1.0, 4.0, 16.0, 64.0, 256.0, 1024.0)
+    dataset: str = setting(SYNTHETIC, "the graph", choices=(SYNTHETIC, *GRAPH_DATASETS))
+    data_root: str | None = setting(None, "folder holding the raw files PyG reads (never written to)")
+    device: str | None = setting(None, "cpu or cuda; default: the best available", choices=(None, "cpu", "cuda", "mps"))
+    runs: tuple[str, ...] = setting(RUN_NAMES, "which runs to train: cl (GRACE), ncl (GRACE + non-negative head)",
+                                    choices=RUN_NAMES)
+    num_nodes: int = setting(800, "dataset=synthetic: nodes", minimum=2)
+    num_classes: int = setting(5, "dataset=synthetic: planted communities", minimum=2)
+    num_features: int = setting(200, "dataset=synthetic: feature columns", minimum=1)
+    normalize_features: bool = setting(True, "row-normalise node features to sum 1 (as GRACE)")
+    hidden: int = setting(128, "embedding size (GRACE's num_hidden; the first GCN layer has twice as many)", minimum=1)
+    projection_hidden: int = setting(128, "projector hidden width (GRACE's num_proj_hidden)", minimum=1)
+    activation: str = setting("relu", "encoder activation (a PyG activation name: relu, prelu, rrelu, ...)")
+    num_layers: int = setting(2, "GCN layers", minimum=1)
+    drop_edge: tuple[float, ...] = setting((0.2, 0.4), "edge drop rate of view 1, view 2", minimum=0, below=1)
+    mask_feature: tuple[float, ...] = setting((0.3, 0.4), "feature-column mask rate of view 1, view 2", minimum=0, below=1)
+    temperature: float = setting(0.4, "InfoNCE temperature (GRACE's tau)", above=0)
+    objective: str = setting("infonce", "the contrastive objective", choices=OBJECTIVES)
+    nonneg: str = setting("relu", "the non-negative map of the ncl run", mode=True)
+    chunk_size: int | None = setting(None, "InfoNCE rows at a time, for graphs too large for the N x N matrix", minimum=1)
+    epochs: int = setting(200, "full-batch training steps (GRACE's num_epochs)", minimum=1)
+    lr: float = setting(5e-4, "Adam learning rate", above=0)
+    weight_decay: float = setting(1e-5, "weight decay", minimum=0)
+    max_grad_norm: float | None = setting(1.0, "clip the gradient norm (None: as published)", above=0)
+    cosine_decay: bool = setting(False, "cosine learning-rate decay (GRACE: constant)")
+    seed: int = setting(0, "seeds weights, views and splits (every run of a command uses the same)")
+    eval_splits: int = setting(10, "random train/validation/test splits of the node probe", minimum=1, evaluation=True)
+    train_fraction: float = setting(0.1, "share of nodes the probe trains on", above=0, below=1, evaluation=True)
+    val_fraction: float = setting(0.1, "share of nodes the probe's C is chosen on", above=0, below=1, evaluation=True)
+    inverse_regularization: tuple[float, ...] = setting(_C_VALUES, "candidate C of the logistic regression", above=0,
+                                                        evaluation=True)
 
     def __post_init__(self) -> None:
-        known = (SYNTHETIC, *GRAPH_DATASETS)
-        if self.dataset not in known:
-            raise ValueError(f"dataset={self.dataset!r} is unknown; expected one of {known}")
-        unknown = [run for run in self.runs if run not in RUN_NAMES]
-        if unknown or not self.runs:
-            raise ValueError(f"runs={self.runs!r}; expected a non-empty subset of {RUN_NAMES}, e.g. runs=cl,ncl")
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective={self.objective!r}; expected one of {OBJECTIVES}")
-        check_mode(self.nonneg, argument="nonneg")
+        super().__post_init__()
         for name in ("drop_edge", "mask_feature"):
             if len(getattr(self, name)) != 2:
                 raise ValueError(f"{name}={getattr(self, name)!r}; expected two rates, one per view, e.g. 0.2,0.4")
-        if not (0 < self.train_fraction and 0 < self.val_fraction and self.train_fraction + self.val_fraction < 1):
+        if self.train_fraction + self.val_fraction >= 1:
             raise ValueError(
                 f"train_fraction={self.train_fraction!r}, val_fraction={self.val_fraction!r}; "
-                "expected positive fractions that leave test nodes (sum < 1)"
+                "expected fractions that leave test nodes (sum < 1)"
             )
-        if self.eval_splits < 1 or not self.inverse_regularization:
-            raise ValueError("eval_splits must be >= 1 and inverse_regularization must list at least one value")
+        if self.dataset != SYNTHETIC and self.data_root is None:
+            spec = GRAPH_DATASETS[self.dataset]
+            raise ValueError(f"dataset={self.dataset!r} needs --data-root: a folder holding {spec.folder}/raw/{spec.raw_files[0]}")
 
 
-#: Named presets: overrides of :class:`Config`. Planetoid values: GRACE's config.yaml;
-#: Amazon / Coauthor values: GCA's param/*.json (GRACE's paper has no such datasets).
-PRESETS: dict[str, dict[str, Any]] = {
-    SYNTHETIC: dict(dataset=SYNTHETIC, hidden=64, projection_hidden=64, epochs=100, lr=1e-3, temperature=0.5),
-    "cora": dict(
-        dataset="cora", lr=5e-4, hidden=128, projection_hidden=128, activation="relu",
-        drop_edge=(0.2, 0.4), mask_feature=(0.3, 0.4), temperature=0.4, epochs=200, weight_decay=1e-5,
-    ),
-    "citeseer": dict(
-        dataset="citeseer", lr=1e-3, hidden=256, projection_hidden=256, activation="prelu",
-        drop_edge=(0.2, 0.0), mask_feature=(0.3, 0.2), temperature=0.9, epochs=200, weight_decay=1e-5,
-    ),
-    "pubmed": dict(
-        dataset="pubmed", lr=1e-3, hidden=256, projection_hidden=256, activation="relu",
-        drop_edge=(0.4, 0.1), mask_feature=(0.0, 0.2), temperature=0.7, epochs=1500, weight_decay=1e-5,
-        chunk_size=4096,
-    ),
-    "amazon-computers": dict(
-        dataset="amazon-computers", lr=1e-2, hidden=128, projection_hidden=128, activation="rrelu",
-        drop_edge=(0.6, 0.3), mask_feature=(0.2, 0.3), temperature=0.2, epochs=2000, weight_decay=1e-5,
-        chunk_size=4096,
-    ),
-    "amazon-photo": dict(
-        dataset="amazon-photo", lr=1e-1, hidden=256, projection_hidden=64, activation="relu",
-        drop_edge=(0.3, 0.5), mask_feature=(0.1, 0.1), temperature=0.3, epochs=2000, weight_decay=1e-5,
-        chunk_size=4096,
-    ),
-    "coauthor-cs": dict(
-        dataset="coauthor-cs", lr=5e-4, hidden=256, projection_hidden=256, activation="rrelu",
-        drop_edge=(0.3, 0.2), mask_feature=(0.3, 0.4), temperature=0.4, epochs=1000, weight_decay=1e-5,
-        chunk_size=4096,
-    ),
-}
-DEFAULT_PRESET = SYNTHETIC
+class Context:
+    """The graph (on the device) and the accelerator every run of the command shares."""
+
+    def __init__(self, config: Config, output: Path) -> None:
+        self.accelerator = make_accelerator(config.device)
+        self.device = self.accelerator.device
+        if config.dataset == SYNTHETIC:
+            graph = planted_partition_graph(
+                num_nodes=config.num_nodes, num_classes=config.num_classes, num_features=config.num_features,
+                seed=config.seed,
+            )
+        else:
+            # PyG processes a copy of the raw files in the output folder: the data root may be read-only.
+            graph = load_graph_dataset(config.dataset, config.data_root, output / "data", config.normalize_features)
+        self.graph = graph.to(self.device)
+        logger.info(
+            f"graph {config.dataset}: {graph.num_nodes} nodes, {graph.num_edges} edges, "
+            f"{graph.num_features} features, {int(graph.y.max()) + 1} classes"
+        )
 
 
-def run(config: Config, output: Path) -> dict[str, dict[str, Any]]:
-    """Train and evaluate every run in ``config.runs`` on one graph; return their metrics."""
-    accelerator = make_accelerator(config.device)
-    graph = load_graph(config, output).to(accelerator.device)
-    accelerator.print(
-        f"graph {config.dataset}: {graph.num_nodes} nodes, {graph.num_edges} edges, "
-        f"{graph.num_features} features, {int(graph.y.max()) + 1} classes"
+def prepare(config: Config, output: Path) -> Context:
+    return Context(config, output)
+
+
+def train_config(config: Config, name: str) -> TrainConfig:
+    """GRACE's optimisation: full-batch Adam at a constant learning rate (AdamW with GRACE's small decay)."""
+    return TrainConfig(
+        epochs=config.epochs, lr=config.lr, optimizer="adamw", weight_decay=config.weight_decay,
+        warmup_epochs=0, min_lr=0.0 if config.cosine_decay else config.lr, max_grad_norm=config.max_grad_norm,
+        seed=config.seed, checkpoint_every=max(1, config.epochs // 4), log_every=max(1, config.epochs // 20), name=name,
     )
-    results = {}
-    for name in config.runs:
-        model = _train(config, name, graph, accelerator, output / name)
-        results[name] = evaluate(config, model, graph)
-        accelerator.print(
-            f"[{name}] node accuracy {results[name]['node_acc_mean']:.4f} ± {results[name]['node_acc_std']:.4f}, "
-            f"sparsity {results[name]['sparsity']:.4f}"
-        )
-    return results
 
 
-def load_graph(config: Config, output: Path) -> Any:
-    """The generated graph, or the benchmark graph copied from ``data_root`` into ``output/data``."""
-    if config.dataset == SYNTHETIC:
-        return planted_partition_graph(
-            num_nodes=config.num_nodes, num_classes=config.num_classes, num_features=config.num_features,
-            seed=config.seed,
-        )
-    if config.data_root is None:
-        raise ValueError(
-            f"dataset={config.dataset!r} needs --data-root: a folder holding "
-            f"{GRAPH_DATASETS[config.dataset].folder}/raw/{GRAPH_DATASETS[config.dataset].raw_files[0]}"
-        )
-    return load_graph_dataset(config.dataset, config.data_root, output / "data", config.normalize_features)
+def derived_settings(config: Config) -> dict[str, Any]:
+    return {"optimizer": optimizer_summary(train_config(config, "dry-run"))}
 
 
-class WholeGraph:
-    """A :class:`ncl_ext.training.BatchSource` of one batch per epoch: the whole graph (full-batch GRACE)."""
-
-    def __init__(self, graph: Any) -> None:
-        self.graph = graph
-
-    def __len__(self) -> int:
-        return 1
-
-    def batches(self, epoch: int, start: int = 0) -> Iterator[Any]:
-        if start == 0:
-            yield self.graph
-
-
-def _train(config: Config, name: str, graph: Any, accelerator: Any, output: Path) -> GRACE:
-    seed_everything(config.seed)  # CL and NCL start from the same weights and draw the same views
-    encoder = GCNEncoder(graph.num_features, config.hidden, config.num_layers, config.activation)
+def train(config: Config, name: str, context: Context, output: Path) -> GRACE:
+    """Train run ``name`` (resuming from ``output/checkpoints``); CL and NCL share weights and views."""
+    seed_everything(config.seed)
+    encoder = GCNEncoder(context.graph.num_features, config.hidden, config.num_layers, config.activation)
     views = tuple(GraphAugmentation(edge, feature) for edge, feature in zip(config.drop_edge, config.mask_feature))
     model = GRACE(
         encoder, projection_hidden=config.projection_hidden, nonneg=config.nonneg if name == "ncl" else None,
         temperature=config.temperature, views=views, objective=config.objective, chunk_size=config.chunk_size,
     )
-
-    def compute_loss(model: GRACE, batch: Any) -> dict[str, torch.Tensor]:
-        return model.training_step(batch.x, batch.edge_index)
-
-    train_config = TrainConfig(
-        epochs=config.epochs, lr=config.lr, optimizer="adamw", weight_decay=config.weight_decay,
-        warmup_epochs=0, min_lr=0.0 if config.cosine_decay else config.lr, max_grad_norm=config.max_grad_norm,
-        seed=config.seed,
-        checkpoint_every=max(1, config.epochs // 4), log_every=max(1, config.epochs // 20),
+    trainer = Trainer(
+        model, lambda model, graph: model.training_step(graph), WholeGraph(context.graph), train_config(config, name),
+        output, accelerator=context.accelerator,
     )
-    accelerator.print(f"[{name}] training GRACE with nonneg={model.nonneg!r} for {config.epochs} epochs")
-    trainer = Trainer(model, compute_loss, WholeGraph(graph), train_config, output, accelerator=accelerator)
     return trainer.fit().model
 
 
-def evaluate(config: Config, model: GRACE, graph: Any) -> dict[str, Any]:
-    """Node classification on the embeddings and the feature report of the head outputs."""
-    embeddings = model.embed(graph.x, graph.edge_index).cpu()
-    head = model.head_features(graph.x, graph.edge_index).cpu()
+def evaluate(config: Config, name: str, model: GRACE, context: Context, output: Path) -> dict[str, Any]:
+    """Node classification on the embeddings (and on the head outputs), and the feature report of the head."""
+    graph = context.graph
+    embeddings = model.embed(graph).cpu()
+    head = model.head_features(graph).cpu()
     labels = graph.y.cpu()
-    splits = random_splits(len(labels), config.train_fraction, config.val_fraction, config.eval_splits, config.seed)
-    accuracies = [node_classification(embeddings, labels, split, config.inverse_regularization) for split in splits]
-    head_accuracies = [node_classification(head, labels, split, config.inverse_regularization) for split in splits]
-    metrics: dict[str, Any] = {
-        "node_acc_mean": float(np.mean(accuracies)),
-        "node_acc_std": float(np.std(accuracies)),
-    }
+    splits = random_node_splits(len(labels), config.train_fraction, config.val_fraction, config.eval_splits, config.seed)
+    probe = [logistic_regression_accuracy(embeddings, labels, split, config.inverse_regularization) for split in splits]
+    head_probe = [logistic_regression_accuracy(head, labels, split, config.inverse_regularization) for split in splits]
+    metrics: dict[str, Any] = {"node_acc_mean": float(np.mean(probe)), "node_acc_std": float(np.std(probe))}
     if "train_mask" in graph:
         public = tuple(graph[mask].cpu().nonzero().flatten() for mask in ("train_mask", "val_mask", "test_mask"))
-        metrics["public_split_acc"] = node_classification(embeddings, labels, public, config.inverse_regularization)
+        metrics["public_split_acc"] = logistic_regression_accuracy(embeddings, labels, public, config.inverse_regularization)
     report = analysis.feature_report(head, labels)
     for key in ("sparsity", "semantic_consistency", "correlation", "effective_rank", "active_dims", "dead_dims"):
         metrics[key] = report[key]
-    metrics["head_acc_mean"] = float(np.mean(head_accuracies))
-    metrics["node_accs"] = [float(a) for a in accuracies]
+    metrics["head_acc_mean"] = float(np.mean(head_probe))
+    metrics["node_accs"] = [float(accuracy) for accuracy in probe]
+    save_run_features(output, head, labels)
+    logger.info(f"[{name}] node accuracy {metrics['node_acc_mean']:.4f} ± {metrics['node_acc_std']:.4f}, "
+                f"sparsity {metrics['sparsity']:.4f}")
     return metrics
-
-
-def random_splits(
-    num_nodes: int, train_fraction: float, val_fraction: float, count: int, seed: int
-) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """``count`` random ``(train, val, test)`` node index splits (GRACE: 10% / 10% / 80%)."""
-    generator = torch.Generator().manual_seed(seed)
-    train_size, val_size = round(train_fraction * num_nodes), round(val_fraction * num_nodes)
-    splits = []
-    for _ in range(count):
-        order = torch.randperm(num_nodes, generator=generator)
-        splits.append((order[:train_size], order[train_size : train_size + val_size], order[train_size + val_size :]))
-    return splits
-
-
-def node_classification(
-    features: torch.Tensor,
-    labels: torch.Tensor,
-    split: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-    inverse_regularization: tuple[float, ...],
-) -> float:
-    """Test accuracy of GRACE's probe: logistic regression on L2-normalised features.
-
-    GRACE's classifier, scikit-learn's one-vs-rest ``liblinear`` logistic regression, is
-    fitted on the training nodes for each ``C`` (inverse L2 strength) in
-    ``inverse_regularization``; the one most accurate on the validation nodes is scored on
-    the test nodes.
-    """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.multiclass import OneVsRestClassifier
-
-    x = torch.nn.functional.normalize(features.double(), dim=1).numpy()
-    y = labels.numpy()
-    train, val, test = (index.numpy() for index in split)
-    best_score, best_model = -1.0, None
-    for c in inverse_regularization:
-        model = OneVsRestClassifier(LogisticRegression(C=c, solver="liblinear")).fit(x[train], y[train])
-        score = model.score(x[val], y[val])
-        if score > best_score:
-            best_score, best_model = score, model
-    return float(best_model.score(x[test], y[test]))

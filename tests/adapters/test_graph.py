@@ -15,7 +15,7 @@ from torch_geometric.nn.models import GraphSAGE
 from ncl_ext.adapters.graph import GRACE, GCNEncoder, GraphAugmentation, PyGCLInfoNCE
 from ncl_ext.data.graphs import load_graph_dataset, planted_partition_graph
 
-CORA_RAW = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "planetoid" / "Cora" / "raw"
+CORA_RAW = Path(__file__).resolve().parents[3] / "shared" / "data" / "planetoid" / "Cora" / "raw"
 
 
 # ------------------------------------------------------------------ independent references

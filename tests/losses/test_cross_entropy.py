@@ -21,11 +21,11 @@ def make_loss(in_features, num_classes, **kwargs):
 
 
 def reference(loss_fn, features, labels):
-    bias = None if loss_fn.bias is None else loss_fn.bias.detach().numpy()
+    bias = None if loss_fn.classifier.bias is None else loss_fn.classifier.bias.detach().numpy()
     return cross_entropy(
         features.numpy(),
         labels.numpy(),
-        loss_fn.weight.detach().numpy(),
+        loss_fn.classifier.weight.detach().numpy(),
         bias,
         loss_fn.nonneg,
         loss_fn.nonneg_weights,
@@ -61,15 +61,15 @@ def test_gradients_match_finite_differences_of_the_reference(nonneg_weights):
     features.requires_grad_()
     loss_fn(features, labels).backward()
     x, y = features.detach().numpy(), labels.numpy()
-    weight, bias = loss_fn.weight.detach().numpy(), loss_fn.bias.detach().numpy()
+    weight, bias = loss_fn.classifier.weight.detach().numpy(), loss_fn.classifier.bias.detach().numpy()
 
     def ref(features=x, weight=weight, bias=bias):
         return cross_entropy(features, y, weight, bias, "softplus", nonneg_weights, 0.2)
 
     for grad, numeric in [
         (features.grad, numeric_gradient(lambda a: ref(features=a), x)),
-        (loss_fn.weight.grad, numeric_gradient(lambda w: ref(weight=w), weight)),
-        (loss_fn.bias.grad, numeric_gradient(lambda b: ref(bias=b), bias)),
+        (loss_fn.classifier.weight.grad, numeric_gradient(lambda w: ref(weight=w), weight)),
+        (loss_fn.classifier.bias.grad, numeric_gradient(lambda b: ref(bias=b), bias)),
     ]:
         np.testing.assert_allclose(grad.numpy(), numeric, atol=1e-7)
 
@@ -82,8 +82,8 @@ def test_gradcheck(mode, nonneg_weights):
         lambda x, w, b: torch.func.functional_call(loss_fn, {"weight": w, "bias": b}, (x, labels)),
         (
             features.requires_grad_(),
-            loss_fn.weight.detach().clone().requires_grad_(),
-            loss_fn.bias.detach().clone().requires_grad_(),
+            loss_fn.classifier.weight.detach().clone().requires_grad_(),
+            loss_fn.classifier.bias.detach().clone().requires_grad_(),
         ),
     )
 
@@ -91,11 +91,11 @@ def test_gradcheck(mode, nonneg_weights):
 def test_logits_use_non_negative_features_and_weights():
     loss_fn = make_loss(6, 3, nonneg="relu", nonneg_weights=True)
     features, _ = batch(10, 6, 3)
-    expected = torch.relu(features) @ torch.relu(loss_fn.weight).T
+    expected = torch.relu(features) @ torch.relu(loss_fn.classifier.weight).T
     torch.testing.assert_close(loss_fn.logits(features), expected)
     assert (loss_fn.logits(features) >= 0).all()
-    assert (loss_fn.weight >= 0).all()  # initialised non-negative so no class starts dead
-    assert loss_fn.bias is None  # no bias by default, as in the paper
+    assert (loss_fn.classifier.weight >= 0).all()  # initialised non-negative so no class starts dead
+    assert loss_fn.classifier.bias is None  # no bias by default, as in the paper
 
 
 def test_classifier_learns_a_separable_problem():
@@ -120,7 +120,7 @@ def test_all_dead_features_give_finite_loss_and_gradients():
     loss = loss_fn(features, labels)
     loss.backward()
     assert loss.item() == pytest.approx(np.log(3))  # all logits 0: uniform over 3 classes
-    assert torch.isfinite(features.grad).all() and torch.isfinite(loss_fn.weight.grad).all()
+    assert torch.isfinite(features.grad).all() and torch.isfinite(loss_fn.classifier.weight.grad).all()
 
 
 @pytest.mark.parametrize(

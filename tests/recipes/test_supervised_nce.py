@@ -7,13 +7,14 @@ import pytest
 import torch
 from PIL import Image
 
-from ncl_ext.adapters.vision import ContrastiveModel, NonNegativeClassifier, SmallCNN, build_backbone
-from ncl_ext.checkpoint import load_checkpoint, save_checkpoint
+from ncl_ext.checkpoint import load_backbone_weights, load_checkpoint, save_checkpoint
 from ncl_ext.cli import main
 from ncl_ext.data.imagenet100 import IMAGENET100_WNIDS
 from ncl_ext.data.images import load_digits
 from ncl_ext.recipes import run_recipe
-from ncl_ext.recipes.supervised_nce import Config, load_ssl_backbone
+from ncl_ext.models import ContrastiveModel, NonNegativeClassifier, SmallCNN, build_backbone
+from ncl_ext.recipes import resolve_config
+from ncl_ext.recipes.supervised_nce import Config
 from tests.fake_data import write_cifar, write_png_tree
 
 RUNS = {"ce", "nce", "ce_mlp", "nce_mlp"}
@@ -56,13 +57,12 @@ def test_digits_default_writes_the_four_runs_with_the_design_metric_names(tmp_pa
 
 
 def test_the_four_rows_start_from_the_same_backbone_weights(tmp_path):
-    from ncl_ext.recipes.supervised_nce import _build_model
-    from ncl_ext.recipes.vision_ssl import ImageData
-    from ncl_ext.training import make_accelerator
+    from ncl_ext.data.image_data import ImageData
+    from ncl_ext.recipes.supervised_nce import build_model
 
     config = Config(projector=(32, 16))
-    data = ImageData(config, make_accelerator("cpu"), num_views=1)
-    models = {name: _build_model(config, name, data) for name in ("ce", "nce", "ce_mlp")}
+    data = ImageData(config, num_views=1)
+    models = {name: build_model(config, name, data) for name in ("ce", "nce", "ce_mlp")}
     for name in ("nce", "ce_mlp"):
         for key, value in models["ce"].backbone.state_dict().items():
             torch.testing.assert_close(models[name].backbone.state_dict()[key], value, rtol=0, atol=0)
@@ -98,7 +98,7 @@ def test_imagenet100_preset_fine_tunes_from_a_vision_ssl_checkpoint(tmp_path):
     assert all(0.0 <= run["test_acc"] <= 1.0 for run in results["runs"].values())
 
     classifier = NonNegativeClassifier(build_backbone("small_cnn", in_channels=3), 100, nonneg="relu")
-    load_ssl_backbone(classifier, tmp_path / "ssl")  # the run folder works as well as its checkpoints folder
+    load_backbone_weights(classifier.backbone, tmp_path / "ssl")  # the run folder works as well as its checkpoints folder
     for key, value in ssl.backbone.state_dict().items():
         torch.testing.assert_close(classifier.backbone.state_dict()[key], value, rtol=0, atol=0)
 
@@ -106,25 +106,27 @@ def test_imagenet100_preset_fine_tunes_from_a_vision_ssl_checkpoint(tmp_path):
 def test_init_from_errors_name_the_setting(tmp_path):
     classifier = NonNegativeClassifier(build_backbone("small_cnn", in_channels=3), 10)
     with pytest.raises(FileNotFoundError, match="init_from=.*no checkpoint there"):
-        load_ssl_backbone(classifier, tmp_path)
+        load_backbone_weights(classifier.backbone, tmp_path)
     _ssl_checkpoint(tmp_path / "gray", in_channels=1)
     with pytest.raises(ValueError, match="init_from=.*does not fit"):
-        load_ssl_backbone(classifier, tmp_path / "gray")
+        load_backbone_weights(classifier.backbone, tmp_path / "gray")
 
 
 def test_paper_presets():
-    from ncl_ext.recipes.supervised_nce import DEFAULT_PRESET, PRESETS
+    from ncl_ext.recipes.config import preset_names
+    from ncl_ext.recipes.supervised_nce import DEFAULT_PRESET
 
-    assert DEFAULT_PRESET == "digits" and set(PRESETS) == {"digits", "cifar10", "cifar100", "imagenet100"}
-    assert PRESETS["imagenet100"]["backbone"] == "resnet18" and PRESETS["cifar10"]["backbone"] == "resnet18_cifar"
-    assert Config(**PRESETS["imagenet100"]).init_from is None  # from scratch unless init_from is given
+    assert DEFAULT_PRESET == "digits" and set(preset_names("supervised-nce")) == {"digits", "cifar10", "cifar100", "imagenet100"}
+    imagenet, _ = resolve_config("supervised-nce", "imagenet100")
+    assert imagenet.backbone == "resnet18" and resolve_config("supervised-nce", "cifar10")[0].backbone == "resnet18_cifar"
+    assert imagenet.init_from is None  # from scratch unless init_from is given
 
 
 @pytest.mark.parametrize(
     "argv, message",
     [
         (["run", "supervised-nce", "--preset", "cifar10"], "needs a data root"),
-        (["run", "supervised-nce", "runs=ce,sce"], "runs=('ce', 'sce')"),
+        (["run", "supervised-nce", "runs=ce,sce"], "runs=ce,sce; expected one of 'ce', 'nce'"),
         (["run", "supervised-nce", "projector="], "projector=()"),
     ],
 )

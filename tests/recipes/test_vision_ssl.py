@@ -59,16 +59,17 @@ def test_imagefolder_preset_runs_on_a_folder_of_class_subfolders(tmp_path):
 
 
 def test_paper_presets_match_the_published_settings():
-    from ncl_ext.recipes.vision_ssl import PRESETS
+    from ncl_ext.recipes import resolve_config
 
-    cifar = PRESETS["cifar10"]
-    assert cifar["backbone"] == "resnet18_cifar" and cifar["projector"] == (2048, 256)
-    assert (cifar["temperature"], cifar["base_lr"], cifar["weight_decay"]) == (0.2, 0.4, 1e-4)
-    assert (cifar["batch_size"], cifar["epochs"], cifar["optimizer"], cifar["nonneg"]) == (256, 200, "lars", "rep_relu")
-    assert PRESETS["cifar100"]["epochs"] == 200
-    imagenet = PRESETS["imagenet100"]
-    assert imagenet["backbone"] == "resnet18" and imagenet["projector"] == (16384, 2048)
-    assert (imagenet["epochs"], imagenet["nonneg"]) == (100, "relu")
+    cifar, _ = resolve_config("vision-ssl", "cifar10")
+    assert cifar.backbone == "resnet18_cifar" and cifar.projector == (2048, 256)
+    assert (cifar.temperature, cifar.base_lr, cifar.weight_decay) == (0.2, 0.4, 1e-4)
+    assert (cifar.batch_size, cifar.epochs, cifar.optimizer, cifar.nonneg) == (256, 200, "lars", "rep_relu")
+    assert (cifar.lars_eta, cifar.lars_clip, cifar.warmup_epochs, cifar.warmup_start_lr) == (0.02, True, 10, 3e-5)
+    assert resolve_config("vision-ssl", "cifar100")[0].epochs == 200
+    imagenet, _ = resolve_config("vision-ssl", "imagenet100")
+    assert imagenet.backbone == "resnet18" and imagenet.projector == (16384, 2048)
+    assert (imagenet.epochs, imagenet.nonneg, imagenet.batch_size, imagenet.base_lr) == (100, "relu", 128, 0.3)
 
 
 @pytest.mark.parametrize(
@@ -88,7 +89,7 @@ def test_bad_input_is_one_clear_line(argv, message, capsys, tmp_path):
 
 
 def _command(output, *extra):
-    return [sys.executable, "-m", "ncl_ext.cli", "run", "vision-ssl", "--device", "cpu", "--output", str(output),
+    return [sys.executable, "-m", "ncl_ext", "run", "vision-ssl", "--device", "cpu", "--output", str(output),
             *TINY, "epochs=3", "checkpoint_every=4", *extra]
 
 

@@ -1,0 +1,7 @@
+"""``python -m ncl_ext ...`` is ``ncl-ext ...``."""
+
+import sys
+
+from ncl_ext.cli import main
+
+sys.exit(main())

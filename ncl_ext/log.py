@@ -1,0 +1,44 @@
+"""ncl_ext's logger and progress bars, quieted and redirected the way transformers' are.
+
+Everything ncl_ext prints goes through the standard :mod:`logging` logger ``"ncl_ext"``,
+and every progress bar is a tqdm bar labelled with what it does. Progress bars show unless
+that logger is set to WARNING or above (``logging.getLogger("ncl_ext").setLevel(logging.WARNING)``
+silences both); the command line sets the level with ``-q`` / ``-v``.
+
+Examples:
+    >>> import logging
+    >>> logging.getLogger("ncl_ext").setLevel(logging.WARNING)
+    >>> bar = progress(range(3), "probe")
+    >>> bar.disable
+    True
+    >>> logging.getLogger("ncl_ext").setLevel(logging.NOTSET)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = ["configure_cli_logging", "logger", "progress"]
+
+logger = logging.getLogger("ncl_ext")
+
+
+def progress(iterable: Iterable | None = None, desc: str = "", total: int | None = None, **kwargs: Any) -> Any:
+    """A tqdm bar (``tqdm.auto``) labelled ``desc``; hidden when the ``ncl_ext`` logger is set to WARNING or above."""
+    from tqdm.auto import tqdm
+
+    enabled = kwargs.pop("enabled", True) and not logger.level >= logging.WARNING
+    return tqdm(iterable, desc=desc, total=total, disable=not enabled, dynamic_ncols=True, leave=False, **kwargs)
+
+
+def configure_cli_logging(verbosity: int) -> None:
+    """The command line's handler: ``-1`` (``-q``) warnings only, ``0`` progress and results, ``1`` (``-v``) debug."""
+    level = {-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG)
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
