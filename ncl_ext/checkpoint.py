@@ -120,12 +120,13 @@ def load_checkpoint(
         raise FileNotFoundError(f"no checkpoint found in {folder}")
     candidates = [newest] + [path for path in reversed(_checkpoints(folder)) if path != newest]
     problems = []
-    for path in candidates:
+    for position, path in enumerate(candidates):
         try:
             return _load(path, model, map_location)
         except _Unreadable as problem:
             problems.append(str(problem))
-            logger.warning(f"checkpoint {problem}; trying the previous one")
+            if position + 1 < len(candidates):
+                logger.warning(f"checkpoint {problem}; trying the previous one")
     raise CheckpointError(
         f"no usable checkpoint in {folder}: {'; '.join(problems)}. "
         "Start the run over with --fresh (or delete that folder)"

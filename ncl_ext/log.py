@@ -7,6 +7,7 @@ silences both); the command line sets the level with ``-q`` / ``-v``.
 
 Examples:
     >>> import logging
+import sys
     >>> logging.getLogger("ncl_ext").setLevel(logging.WARNING)
     >>> bar = progress(range(3), "probe")
     >>> bar.disable
@@ -17,6 +18,7 @@ Examples:
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -34,11 +36,18 @@ def progress(iterable: Iterable | None = None, desc: str = "", total: int | None
 
 
 def configure_cli_logging(verbosity: int) -> None:
-    """The command line's handler: ``-1`` (``-q``) warnings only, ``0`` progress and results, ``1`` (``-v``) debug."""
-    level = {-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG)
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-    logger.setLevel(level)
+    """The command line's handler: ``-1`` (``-q``) warnings only, ``0`` progress and results, ``1`` (``-v``) debug.
+
+    Messages go to the current ``sys.stderr``; calling it again replaces the handler it added before.
+    """
+    global _cli_handler
+    if _cli_handler is not None:
+        logger.removeHandler(_cli_handler)
+    _cli_handler = logging.StreamHandler(sys.stderr)
+    _cli_handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(_cli_handler)
+    logger.setLevel({-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG))
     logger.propagate = False
+
+
+_cli_handler: logging.Handler | None = None

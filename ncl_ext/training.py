@@ -33,10 +33,11 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -51,6 +52,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "Trainer",
+    "build_optimizer",
     "differing_keys",
     "make_accelerator",
     "read_history",
@@ -206,6 +208,20 @@ def make_accelerator(device: str | None = None, mixed_precision: str = "no", com
     )
 
 
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """timm's optimizer ``config.optimizer`` over ``model``, with biases and norm weights in a no-decay group.
+
+    For LARS this is the update of solo-learn's LARS (``eta=lars_trust_coeff``,
+    ``clip_lr=lars_clip``, ``exclude_bias_n_norm=True``): see :class:`TrainConfig`.
+    """
+    from timm.optim import create_optimizer_v2
+
+    extra = {"momentum": config.momentum} if config.optimizer != "adamw" else {}
+    if config.optimizer == "lars":
+        extra.update(trust_coeff=config.lars_trust_coeff, trust_clip=config.lars_clip)
+    return create_optimizer_v2(model, opt=config.optimizer, lr=config.lr, weight_decay=config.weight_decay, **extra)
+
+
 LossFunction = Callable[[nn.Module, Any], "torch.Tensor | dict[str, Any]"]
 
 
@@ -250,7 +266,7 @@ class Trainer:
         if distributed_gpu and config.sync_batchnorm:  # torch's SyncBatchNorm runs on GPUs only
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model
-        self.optimizer = self._build_optimizer(model)
+        self.optimizer = build_optimizer(model, config)
         if isinstance(batches, torch.utils.data.DataLoader):
             batches = _DataLoaderBatches(self.accelerator.prepare(batches), self.accelerator)
         self.batches = batches
@@ -259,17 +275,6 @@ class Trainer:
         self.updates_per_epoch = math.ceil(len(batches) / config.grad_accum_steps)
         self.scheduler = self._build_scheduler()
         self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
-
-    def _build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        from timm.optim import create_optimizer_v2
-
-        config = self.config
-        extra = {"momentum": config.momentum} if config.optimizer != "adamw" else {}
-        if config.optimizer == "lars":
-            extra.update(trust_coeff=config.lars_trust_coeff, trust_clip=config.lars_clip)
-        return create_optimizer_v2(
-            model, opt=config.optimizer, lr=config.lr, weight_decay=config.weight_decay, **extra
-        )
 
     def _build_scheduler(self) -> Any:
         from timm.scheduler import CosineLRScheduler

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -122,3 +123,40 @@ def test_epoch_evaluation_is_logged_once_per_epoch_in_eval_mode(tmp_path):
     assert seen == [(0, False), (1, False)]
     assert [r.get("probe") for r in result.history] == [0.0, 0.1]
     assert model.training
+
+
+def lars_reference_step(params, grads, buffers, lr, weight_decay, eta, clip, momentum=0.9, eps=1e-8):
+    """solo-learn's LARS (eta, clip_lr, exclude_bias_n_norm=True), one step, written from its formula in numpy."""
+    updated = []
+    for index, (p, g) in enumerate(zip(params, grads)):
+        d_p = g.copy()
+        p_norm, g_norm = np.linalg.norm(p), np.linalg.norm(g)
+        if p.ndim != 1 and p_norm != 0 and g_norm != 0:  # biases and norm weights: plain SGD, no decay
+            lars_lr = eta * p_norm / (g_norm + p_norm * weight_decay + eps)
+            if clip:
+                lars_lr = min(lars_lr / lr, 1.0)
+            d_p = (d_p + weight_decay * p) * lars_lr
+        buffers[index] = d_p.copy() if buffers[index] is None else momentum * buffers[index] + d_p
+        updated.append(p - lr * buffers[index])
+    return updated
+
+
+@pytest.mark.parametrize("clip", [True, False])
+def test_lars_of_the_paper_presets_takes_solo_learns_steps(clip):
+    from ncl_ext.training import build_optimizer
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.BatchNorm1d(5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
+    config = TrainConfig(optimizer="lars", lr=0.4, weight_decay=1e-4, lars_trust_coeff=0.02, lars_clip=clip)
+    optimizer = build_optimizer(model, config)
+    params = [p.detach().double().numpy().copy() for p in model.parameters()]
+    buffers = [None] * len(params)
+    for step in range(3):  # three steps: the momentum buffers take part
+        inputs = torch.randn(8, 6, generator=torch.Generator().manual_seed(step))
+        optimizer.zero_grad()
+        model(inputs).pow(2).sum().backward()
+        grads = [p.grad.detach().double().numpy().copy() for p in model.parameters()]
+        params = lars_reference_step(params, grads, buffers, 0.4, 1e-4, 0.02, clip)
+        optimizer.step()
+        for got, want in zip(model.parameters(), params):
+            np.testing.assert_allclose(got.detach().double().numpy(), want, rtol=2e-5, atol=1e-7)

@@ -139,6 +139,7 @@ _PREFIXED: dict[str, Callable[..., nn.Module]] = {}
 def register_backbone(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator: make ``factory(in_channels=..., **kwargs)`` buildable as ``build_backbone(name)``.
 
+    ``pretrained=True`` reaches the factory as a keyword only when asked for.
     A name ending in ``:`` registers a prefix: ``factory(rest, in_channels=..., **kwargs)``
     receives what follows it (``timm:resnet50`` -> ``"resnet50"``).
     """
@@ -164,7 +165,7 @@ def build_backbone(name: str, in_channels: int | None = None, pretrained: bool =
         pretrained: load pretrained weights (torchvision / timm may download them).
         kwargs: passed to the factory (:class:`SmallCNN` options, ``timm.create_model``, ...).
     """
-    options = {"pretrained": pretrained, **kwargs}
+    options = {**kwargs, **({"pretrained": True} if pretrained else {})}
     if in_channels is not None:
         options["in_channels"] = in_channels
     if isinstance(name, str) and name in BACKBONES:

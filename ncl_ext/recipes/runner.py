@@ -30,9 +30,10 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Sequence
+from typing import Any
 
 from ncl_ext.analysis.loading import load_run_features
 from ncl_ext.analysis.plots import plot_comparison
