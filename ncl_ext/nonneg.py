@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -154,6 +154,17 @@ class NonNegativeWrapper(nn.Module):
         super().__init__()
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        import sys  # transformers is never imported here: a model of it exists only once it is loaded
+
+        pretrained_model = getattr(sys.modules.get("transformers.modeling_utils"), "PreTrainedModel", None)
+        get_base_model = getattr(model, "get_base_model", None)  # a PEFT model wrapping one
+        inner = get_base_model() if callable(get_base_model) else model
+        if pretrained_model is not None and isinstance(inner, pretrained_model):
+            raise ValueError(
+                f"model is a transformers {type(model).__name__}: wrapping it would hide its .config, "
+                "save_pretrained and .device and rename its state-dict keys; use ncl_ext.patch(model, "
+                f"mode={mode!r}), which adds the head in place and saves it with the model"
+            )
         self.model = model
         self.head = NonNegative(mode)
         self.field = field
@@ -207,7 +218,8 @@ def select_output(output: Any, field: int | str | None = None) -> torch.Tensor:
         key = _default_field(output) if field is None else field
         value = output.get(key) if isinstance(key, str) else None
         if not isinstance(value, torch.Tensor):
-            raise ValueError(f"field={key!r} is not a tensor in the model's output; available fields: {list(output.keys())}")
+            available = list(output.keys())
+            raise ValueError(f"field={key!r} is not a tensor in the model's output; available fields: {available}")
         return value
     if isinstance(output, (tuple, list)):
         index = 0 if field is None else field
@@ -235,6 +247,10 @@ def _default_field(output: Mapping) -> str:
 
 def make_nonneg(model: nn.Module, mode: str = "relu", field: OutputField = None) -> NonNegativeWrapper:
     """Wrap any ``nn.Module`` so its output features are non-negative.
+
+    A transformers ``PreTrainedModel`` (or a PEFT model wrapping one) is refused with a
+    ValueError: :func:`ncl_ext.patch` adds the head to it in place, keeping its
+    ``config``, ``save_pretrained`` and state-dict keys.
 
     Args:
         model: the module to wrap (it is kept, not copied, as ``wrapper.model``).

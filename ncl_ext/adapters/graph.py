@@ -304,7 +304,7 @@ class PyGCLInfoNCE:
 
     Args:
         tau: temperature (> 0).
-        nonneg: ``None`` for plain InfoNCE, or a :data:`ncl_ext.nonneg.MODES` name for NCL.
+        nonneg: ``None`` (default) for plain InfoNCE, or a :data:`ncl_ext.nonneg.MODES` name for NCL.
 
     Examples:
         >>> loss = PyGCLInfoNCE(tau=0.5, nonneg="relu")
@@ -314,7 +314,7 @@ class PyGCLInfoNCE:
         True
     """
 
-    def __init__(self, tau: float, nonneg: str | None = "relu") -> None:
+    def __init__(self, tau: float, nonneg: str | None = None) -> None:
         if not tau > 0:
             raise ValueError(f"tau={tau!r}; expected a positive temperature")
         self.tau = tau

@@ -5,19 +5,27 @@ https://arxiv.org/abs/2403.12459) only needs a non-negative map on the embedding
 model already produces. :func:`patch` adds it to a ``PreTrainedModel`` in place, with
 forward hooks (nothing in ``transformers`` is edited):
 
-- encoders (BERT, RoBERTa, DistilBERT, ModernBERT, ViT, ...): the backbone's
-  ``last_hidden_state`` and ``pooler_output``, so task heads built on the backbone
-  (``BertForSequenceClassification``, ``ViTForImageClassification``) see them too;
-- dual encoders (CLIP, SigLIP): the image and text embeddings, hence
-  ``get_image_features`` / ``get_text_features`` (a tensor in transformers 4.x, an output
-  whose ``pooler_output`` is the embedding in 5.x) and ``forward``'s ``image_embeds`` /
-  ``text_embeds``.
+- encoders (BERT, RoBERTa, DistilBERT, ModernBERT, ViT, SigLIP towers, ...): the
+  backbone's ``last_hidden_state`` and ``pooler_output``, so task heads built on the
+  backbone (``BertForSequenceClassification``, ``ViTForImageClassification``) see them too;
+- dual encoders (CLIP, SigLIP, SigLIP 2, AltCLIP, Chinese-CLIP, CLAP): the modules whose
+  outputs are the embeddings, hence ``get_image_features`` / ``get_text_features`` (a
+  tensor in transformers 4.x, an output whose ``pooler_output`` is the embedding in 5.x)
+  and ``forward``'s ``image_embeds`` / ``text_embeds``;
+- single CLIP towers with a projection (``CLIPVisionModelWithProjection``,
+  ``CLIPTextModelWithProjection``): the projection, hence ``image_embeds`` / ``text_embeds``.
 
-The patch is recorded in ``model.config.ncl_nonneg`` (mode, targets, version), so
-``save_pretrained`` stores it, and once this module is imported every model built from
-such a config gets its head back, whichever loader builds it (``AutoModel``,
-``from_config``, :func:`from_pretrained`). The head also follows its module when a
-wrapper replaces it (PEFT/LoRA layers), so it survives ``get_peft_model``.
+Language models (GPT-2, Llama, any model with a generation head) and encoder-decoders
+have no single embedding output: patching them needs an explicit ``target=``.
+
+The patch is recorded in the model's config as ``config.ncl_nonneg`` (mode, targets, the
+path of the backbone, version), so ``save_pretrained`` stores it and :func:`from_pretrained`
+rebuilds the model with its head. The model gets its own copy of its config first: other models built from
+the same config object stay unpatched. The head follows its module when a wrapper
+replaces it (PEFT/LoRA layers), so it survives ``get_peft_model``. Importing ``ncl_ext``
+installs no hook anywhere: the one process-wide hook that lets heads follow their modules
+is installed by the first head created, and the restoring of heads by every loader
+(``AutoModel.from_pretrained``, ``from_config``) is opt-in: :func:`enable_auto_restore`.
 
 Examples:
     >>> import torch, ncl_ext
@@ -30,43 +38,55 @@ Examples:
     True
     >>> model.config.ncl_nonneg["targets"]
     [{'module': '', 'fields': ['last_hidden_state', 'pooler_output']}]
+    >>> hasattr(config, "ncl_nonneg")      # the config the model was built from is untouched
+    False
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import inspect
 import os
 import sys
 import threading
+import types
 import typing
 import warnings
-from types import ModuleType
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import torch
 from torch import nn
 from torch.nn.modules.module import register_module_module_registration_hook
 
 from ncl_ext import __version__
-from ncl_ext.nonneg import NonNegative, check_mode
+from ncl_ext.nonneg import NonNegative, check_mode, select_output
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel
+    from peft import PeftModel
+    from transformers import PretrainedConfig, PreTrainedModel
 
-__all__ = ["RECORD_ATTRIBUTE", "from_pretrained", "patch", "unpatch"]
+__all__ = ["RECORD_ATTRIBUTE", "enable_auto_restore", "from_pretrained", "patch", "unpatch"]
+
+#: A torch module whose class :func:`patch`, :func:`unpatch` and :func:`from_pretrained` preserve.
+ModelT = TypeVar("ModelT", bound=nn.Module)
 
 #: Name of the ``model.config`` attribute that records the patch (saved in config.json).
 RECORD_ATTRIBUTE = "ncl_nonneg"
 #: The output fields of an encoder that carry its embeddings.
 ENCODER_FIELDS = ("last_hidden_state", "pooler_output")
-#: Dual encoders: modules whose output is the image / text embedding, first match wins.
+#: Modalities of a multi-tower model, found by its ``get_<modality>_features`` methods.
+MODALITIES = ("image", "text", "audio", "video")
+#: Dual encoders: the modules whose outputs are the embeddings, per family; first match wins.
 DUAL_ENCODER_HEADS = (
-    {"image": "visual_projection", "text": "text_projection"},  # CLIP, AltCLIP, ChineseCLIP, ...
+    # CLIP, AltCLIP, Chinese-CLIP, MetaCLIP 2, CLAP, ...
+    {"image": "visual_projection", "text": "text_projection", "audio": "audio_projection"},
     {"image": "vision_model.head", "text": "text_model.head"},  # SigLIP, SigLIP 2
 )
+#: Single towers with a projection (CLIPVisionModelWithProjection, ...): their embedding modules.
+TOWER_PROJECTIONS = ("visual_projection", "text_projection")
 # The attribute of a hooked module that holds its head (and the hook handles).
 _HEAD_ATTRIBUTE = "_ncl_nonneg_head"
 # The hub arguments of from_pretrained that config / adapter look-ups also accept.
@@ -88,6 +108,10 @@ class _ModuleHead:
         self.handles: list[torch.utils.hooks.RemovableHandle] = []
         self.asks_for_model_output = False
         self._tuple_requests = threading.local()
+        _install_registration_hook()  # so that this head follows its module into a wrapper
+
+    def matches(self, mode: str, fields: list[str] | None) -> bool:
+        return self.nonneg.mode == mode and self.fields == fields
 
     def attach(self, module: nn.Module) -> None:
         self.asks_for_model_output = self.fields is not None and _accepts_return_dict(module)
@@ -129,18 +153,12 @@ class _ModuleHead:
                     f"patch with target= one of its fields {list(output.keys())}"
                 )
             for key in fields:
-                value = output.get(key)
-                if value is None and key in _dataclass_fields(type(output)):
+                if output.get(key) is None and key in _dataclass_fields(type(output)):
                     continue  # a declared field this call did not compute (e.g. no pooling layer)
-                if not isinstance(value, torch.Tensor):
-                    raise ValueError(
-                        f"target field {key!r} is not a tensor in the {type(output).__name__} returned by "
-                        f"{name}; available fields: {list(output.keys())}"
-                    )
-                output[key] = self.nonneg(value)
+                output[key] = self.nonneg(select_output(output, key))
             return output
         if isinstance(output, (tuple, list)) and self.fields is None and output:
-            return type(output)([self.nonneg(output[0]), *output[1:]])
+            return type(output)([self.nonneg(select_output(output, 0)), *output[1:]])
         raise ValueError(
             f"{name} returned a {type(output).__name__}; the non-negative head needs a Tensor or a "
             "ModelOutput (call the model with return_dict=True)"
@@ -157,23 +175,45 @@ class _ModuleHead:
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._tuple_requests = threading.local()
+        _install_registration_hook()  # a head unpickled in a fresh process follows its module too
 
 
-def patch(model: nn.Module, mode: str = "relu", target: str | Sequence[str] | None = None) -> nn.Module:
+def patch(model: ModelT, mode: str = "relu", target: str | Sequence[str] | None = None) -> ModelT:
     """Make a HuggingFace model's embedding outputs non-negative, in place; returns ``model``.
 
     Args:
         model: a ``transformers.PreTrainedModel``, or a PEFT model wrapping one.
         mode: the non-negative map (``relu``, ``rep_relu``, ``softplus``, ...; see
             :func:`ncl_ext.nonneg`).
-        target: ``None`` chooses by architecture (encoders: ``last_hidden_state`` and
-            ``pooler_output`` of ``model.base_model``; CLIP/SigLIP: the image and text
-            embedding modules). Otherwise an output field of ``model.base_model``
-            (``"pooler_output"``) or a submodule name (``"visual_projection"``,
-            ``"bert.pooler"``), or a list of them.
+        target: ``None`` chooses by architecture: encoders get ``last_hidden_state`` and
+            ``pooler_output`` of ``model.base_model``; CLIP / SigLIP / CLAP models and
+            CLIP towers with a projection get the modules whose outputs are their
+            embeddings (``visual_projection``, ``vision_model.head``, ...). Otherwise a
+            tensor field of the output of ``model.base_model`` (``"pooler_output"``) or of
+            ``model``, a submodule (``"visual_projection"``, ``"bert.pooler"``; names
+            relative to ``model.base_model`` work too), or a list of them.
+
+    Raises:
+        ValueError: ``target=None`` on a model without a single embedding output (a
+            language model such as GPT-2, an encoder-decoder such as T5); a target that
+            is neither a submodule nor a tensor field (``"hidden_states"`` is a tuple);
+            a model already patched differently.
 
     Patching again with the same arguments is a no-op; use :func:`unpatch` to remove it.
-    The patch is recorded in ``model.config.ncl_nonneg`` and so saved by ``save_pretrained``.
+    The patch is recorded in ``model.config.ncl_nonneg`` and so saved by
+    ``save_pretrained``; ``model`` first gets its own copy of its config, so other models
+    built from the same config object are not patched (nor saved as patched).
+
+    The head is made of forward hooks, so it acts when the model is called
+    (``model(...)``, ``get_image_features(...)``), not when ``model.forward(...)`` is
+    called directly, as the ``Transformer`` module of sentence-transformers 6 does: for a
+    ``SentenceTransformer`` use :func:`ncl_ext.adapters.text.add_nonneg_head`.
+
+    Only the targeted outputs change: with ``output_hidden_states=True``,
+    ``hidden_states`` still holds each layer's own (signed) output, so
+    ``hidden_states[-1]`` differs from the non-negative ``last_hidden_state``, as it
+    already does in models whose last layer is followed by a norm (ViT). Read the
+    embedding from ``last_hidden_state`` / ``pooler_output``.
 
     Examples:
         >>> from transformers import CLIPConfig, CLIPModel
@@ -189,25 +229,38 @@ def patch(model: nn.Module, mode: str = "relu", target: str | Sequence[str] | No
     """
     mode = check_mode(mode)
     transformers_model = _transformers_model(model)
-    backbone = transformers_model.base_model
-    record = {"mode": mode, "targets": _resolve_targets(model, backbone, target), "version": __version__}
+    record = {
+        "mode": mode,
+        "targets": _resolve_targets(model, transformers_model, target),
+        "base_model": _base_path(transformers_model),
+        "version": __version__,
+    }
     existing = getattr(transformers_model.config, RECORD_ATTRIBUTE, None)
-    if existing is not None:
-        if _same_patch(existing, record):
-            _attach(backbone, existing)  # no-op unless a head was lost
-            return model
+    existing = None if existing is None else _checked_record(existing)
+    if existing is not None and _same_patch(transformers_model, existing, record):
+        _attach(transformers_model, existing)  # no-op unless the model lacks the recorded head
+        return model
+    if existing is not None and _carries_heads(model):
         raise ValueError(
             f"the model is already patched with mode={existing['mode']!r}, targets={existing['targets']}; "
             "call ncl_ext.unpatch(model) before patching it differently"
         )
+    if existing is not None:
+        warnings.warn(
+            f"model.config records a non-negative head (mode={existing['mode']!r}, targets={existing['targets']}) "
+            "that the model does not carry; replacing that record with the patch asked for",
+            stacklevel=2,
+        )
     _detach_all(model)
-    _attach(backbone, record)
-    setattr(transformers_model.config, RECORD_ATTRIBUTE, record)
+    _attach(transformers_model, record)
+    setattr(_own_config(model, transformers_model), RECORD_ATTRIBUTE, record)
     return model
 
 
-def unpatch(model: nn.Module) -> nn.Module:
+def unpatch(model: ModelT) -> ModelT:
     """Remove the non-negative head added by :func:`patch` (and its config record); returns ``model``.
+
+    Like :func:`patch`, it edits only ``model``'s own copy of its config.
 
     Examples:
         >>> from transformers import BertConfig, BertModel
@@ -219,35 +272,73 @@ def unpatch(model: nn.Module) -> nn.Module:
     transformers_model = _transformers_model(model)
     _detach_all(model)
     if hasattr(transformers_model.config, RECORD_ATTRIBUTE):
-        delattr(transformers_model.config, RECORD_ATTRIBUTE)
+        delattr(_own_config(model, transformers_model), RECORD_ATTRIBUTE)
     return model
 
 
-def from_pretrained(path: str | os.PathLike, **kwargs: Any) -> nn.Module:
+@overload
+def from_pretrained(path: str | os.PathLike, model_class: type[ModelT], **kwargs: Any) -> ModelT: ...
+@overload
+def from_pretrained(
+    path: str | os.PathLike, model_class: type | None = None, **kwargs: Any
+) -> PreTrainedModel | PeftModel: ...
+def from_pretrained(path: str | os.PathLike, model_class: type | None = None, **kwargs: Any) -> nn.Module:
     """Load a checkpoint saved from a patched model, with its non-negative head.
 
-    ``path`` is a model directory or hub id written by ``save_pretrained``: the model is
-    built as the architecture named in its ``config.architectures`` (``AutoModel`` when
-    that class is unknown), then the head recorded in ``config.ncl_nonneg`` is applied.
-    A PEFT adapter directory loads its base model this way, then the adapter on top
-    (the head is recorded in the base model's config). ``kwargs`` go to the
-    ``from_pretrained`` of ``transformers`` (``dtype``, ``revision``, ...).
+    Args:
+        path: a model folder written by ``save_pretrained`` (or a hub model id).
+        model_class: the class to build (``transformers.BertModel``, ``AutoModel``, ...);
+            ``None`` builds the architecture named in ``config.architectures``
+            (``AutoModel`` when that class is unknown). A different class than the saved
+            one works when the recorded head lies in the shared backbone (the
+            ``BertModel`` of a ``BertForSequenceClassification`` checkpoint).
+        kwargs: passed to the ``from_pretrained`` of ``transformers`` (``dtype``,
+            ``revision``, ...).
+
+    The head recorded in ``config.ncl_nonneg`` is then applied (a warning says when
+    there is none). A PEFT adapter folder loads its base model this way, then the adapter
+    on top (the head is recorded in the base model's config) and returns the
+    ``PeftModel``; ``model_class`` is refused there.
+
+    Raises:
+        FileNotFoundError: ``path`` is neither a folder nor a model id that can be loaded.
+        ValueError: ``model_class`` is not a model class; the recorded head has no place
+            in the model built.
 
     Examples:
-        >>> model.save_pretrained("out")                    # doctest: +SKIP
-        >>> model = ncl_ext.from_pretrained("out")          # doctest: +SKIP
+        >>> import tempfile
+        >>> from transformers import BertConfig, BertForSequenceClassification, BertModel
+        >>> config = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=1,
+        ...                     num_attention_heads=2, intermediate_size=37)
+        >>> classifier = patch(BertForSequenceClassification(config))
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     classifier.save_pretrained(folder)
+        ...     same = from_pretrained(folder)
+        ...     backbone = from_pretrained(folder, model_class=BertModel)
+        >>> type(same).__name__, type(backbone).__name__
+        ('BertForSequenceClassification', 'BertModel')
+        >>> bool((backbone(input_ids=torch.tensor([[1, 5, 7]])).last_hidden_state >= 0).all())
+        True
     """
+    if model_class is not None and not (isinstance(model_class, type) and hasattr(model_class, "from_pretrained")):
+        raise ValueError(
+            f"model_class must be a transformers model class (e.g. transformers.BertModel or AutoModel), "
+            f"got {model_class!r}"
+        )
     transformers = _import_transformers()
-    hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
-    path = os.fspath(path)
-    if transformers.utils.find_adapter_config_file(path, **hub_kwargs) is not None:
+    given, path = path, os.fspath(path)
+    if not os.path.exists(path) and _names_a_local_path(given):
+        raise FileNotFoundError(f"path={path!r} does not exist; pass the folder written by save_pretrained")
+    is_adapter, architectures = _read_checkpoint(path, kwargs)
+    if is_adapter:
+        if model_class is not None:
+            raise ValueError(
+                f"{path} is a PEFT adapter: model_class applies to a full checkpoint; load the base with "
+                "ncl_ext.from_pretrained(base_path, model_class=...), then peft.PeftModel.from_pretrained(base, path)"
+            )
         return _load_adapter(path, **kwargs)
-    config = kwargs.get("config") or transformers.AutoConfig.from_pretrained(
-        path, trust_remote_code=kwargs.get("trust_remote_code", False), **hub_kwargs
-    )
-    architectures = getattr(config, "architectures", None) or []
-    model_class = getattr(transformers, architectures[0], None) if architectures else None
-    model = (model_class or transformers.AutoModel).from_pretrained(path, **kwargs)
+    named_class = getattr(transformers, architectures[0], None) if architectures else None
+    model = (model_class or named_class or transformers.AutoModel).from_pretrained(path, **kwargs)
     record = getattr(model.config, RECORD_ATTRIBUTE, None)
     if record is None:
         warnings.warn(
@@ -256,8 +347,41 @@ def from_pretrained(path: str | os.PathLike, **kwargs: Any) -> nn.Module:
             stacklevel=2,
         )
         return model
-    _attach(model.base_model, record)
+    _attach(model, _checked_record(record))
     return model
+
+
+def enable_auto_restore(enabled: bool = True) -> None:
+    """Let every transformers loader restore a recorded head, not only :func:`from_pretrained`.
+
+    Off by default. Once on (for the whole process, until ``enable_auto_restore(False)``),
+    every ``PreTrainedModel`` built from a config that records a patch gets its head
+    while it is built, whichever loader builds it: ``AutoModel.from_pretrained(folder)``
+    (also the bare backbone of a patched classifier), ``from_config``, a constructor, or
+    a library that loads through them (a ``pipeline``). With it off,
+    those loaders return the model without its head, although its config still
+    records one: ``ncl_ext.patch(model)`` (same arguments) or :func:`from_pretrained`
+    puts it back.
+
+    Examples:
+        >>> import tempfile
+        >>> from transformers import AutoModel, BertConfig, BertModel
+        >>> config = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=1,
+        ...                     num_attention_heads=2, intermediate_size=37)
+        >>> enable_auto_restore()
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     patch(BertModel(config)).save_pretrained(folder)
+        ...     loaded = AutoModel.from_pretrained(folder)
+        >>> enable_auto_restore(False)
+        >>> bool((loaded(input_ids=torch.tensor([[1, 5, 7]])).pooler_output >= 0).all())
+        True
+    """
+    global _auto_restore
+    if not isinstance(enabled, bool):
+        raise ValueError(f"enabled must be True or False, got {enabled!r}")
+    _auto_restore = enabled
+    if enabled:
+        _install_registration_hook()
 
 
 def _load_adapter(path: str, **kwargs: Any) -> nn.Module:
@@ -275,87 +399,177 @@ def _load_adapter(path: str, **kwargs: Any) -> nn.Module:
     return PeftModel.from_pretrained(from_pretrained(base_path, **kwargs), path)
 
 
+def _read_checkpoint(path: str, kwargs: dict[str, Any]) -> tuple[bool, list[str]]:
+    """Whether ``path`` holds a PEFT adapter, and the architectures its config names.
+
+    A ``path`` that exists neither locally nor as a loadable model id raises a
+    FileNotFoundError instead of the hub's error about repository ids.
+    """
+    transformers = _import_transformers()
+    hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
+    try:
+        if transformers.utils.find_adapter_config_file(path, **hub_kwargs) is not None:
+            return True, []
+        if "config" in kwargs:
+            return False, getattr(kwargs["config"], "architectures", None) or []
+        # the raw config.json: AutoConfig does not know every config class (SiglipTextConfig in 4.x)
+        config_dict = transformers.PretrainedConfig.get_config_dict(path, **hub_kwargs)[0]
+        return False, config_dict.get("architectures") or []
+    except OSError as error:
+        if os.path.exists(path):
+            raise
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise FileNotFoundError(
+            f"path={path!r} is neither a local folder nor a model id that could be loaded ({reason})"
+        ) from error
+
+
+def _names_a_local_path(path: str | os.PathLike) -> bool:
+    """Whether ``path`` can only mean a local path (not a hub model id)."""
+    if isinstance(path, os.PathLike) or os.path.isabs(path) or path.startswith((".", "~")):
+        return True
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(path)
+    except HFValidationError:
+        return True
+    return False
+
+
 # ---------------------------------------------------------------------------------------
-# Choosing the targets
+# Choosing the targets. A target is {"module": path in the transformers model, "fields":
+# [...] or None}; the record also keeps the path of model.base_model ("base_model") so
+# that a model of another class sharing that backbone can place the head too.
 # ---------------------------------------------------------------------------------------
 
 
-def _resolve_targets(model: nn.Module, backbone: nn.Module, target: str | Sequence[str] | None) -> list[dict]:
-    """Turn ``target`` into ``[{"module": path in backbone, "fields": [...] or None}, ...]``."""
+def _resolve_targets(model: nn.Module, transformers_model: nn.Module, target: str | Sequence[str] | None) -> list[dict]:
     if target is None:
-        return _default_targets(backbone)
+        return _default_targets(transformers_model)
     names = [target] if isinstance(target, str) else target
     if not isinstance(names, Sequence) or not names or not all(isinstance(n, str) and n for n in names):
         raise ValueError(f"target must be None, an output field / submodule name, or a list of them; got {target!r}")
-    submodules = dict(backbone.named_modules())
-    declared = _declared_output_fields(backbone)
-    modules, fields = [], []
+    modules: list[str] = []
+    fields: dict[str, list[str]] = {}
     for name in names:
-        path = _path_in_backbone(model, backbone, name)
-        if path in submodules:
+        path = _module_path(model, transformers_model, name)
+        if path is not None:
             modules.append(path)
-        elif name in declared if declared is not None else name not in dict(model.named_modules()):
-            fields.append(name)
         else:
-            raise ValueError(_unknown_target_message(model, backbone, name, declared))
-    targets = [{"module": "", "fields": list(dict.fromkeys(fields))}] if fields else []
-    return targets + [{"module": path, "fields": None} for path in dict.fromkeys(modules)]
+            fields.setdefault(_field_owner(transformers_model, name), []).append(name)
+    field_targets = [{"module": path, "fields": list(dict.fromkeys(owned))} for path, owned in fields.items()]
+    return field_targets + [{"module": path, "fields": None} for path in dict.fromkeys(modules)]
 
 
-def _default_targets(backbone: nn.Module) -> list[dict]:
-    name = type(backbone).__name__
-    modalities = [m for m in ("image", "text") if callable(getattr(backbone, f"get_{m}_features", None))]
-    if modalities:
-        for heads in DUAL_ENCODER_HEADS:
-            if all(_submodule(backbone, heads[m]) is not None for m in modalities):
-                return [{"module": heads[m], "fields": None} for m in modalities]
+def _default_targets(model: nn.Module) -> list[dict]:
+    name = type(model).__name__
+    if getattr(model.config, "is_encoder_decoder", False):
         raise ValueError(
-            f"cannot find the {' and '.join(modalities)} embedding modules of {name} (looked for "
-            f"{list(DUAL_ENCODER_HEADS)}); pass target= the submodules whose outputs are the embeddings, "
-            f"among {_children(backbone)}"
+            f"{name} is an encoder-decoder model: it has no single embedding output to patch by default; pass "
+            f"target= a submodule among {_children(model.base_model)} (e.g. target='encoder') or an output field"
         )
-    projections = [p for p in ("visual_projection", "text_projection") if _submodule(backbone, p) is not None]
-    if projections:  # single-tower CLIP models (CLIPVisionModelWithProjection, ...)
-        return [{"module": p, "fields": None} for p in projections]
-    declared = _declared_output_fields(backbone)
-    if getattr(backbone.config, "is_encoder_decoder", False) or (
-        declared is not None and "last_hidden_state" not in declared
-    ):
+    if model.can_generate() or _is_decoder_only(model.config):
         raise ValueError(
-            f"{name} has no single embedding output to patch by default (it is not an encoder or a "
-            f"CLIP/SigLIP dual encoder); pass target= an output field among {sorted(declared or [])} or a "
-            f"submodule among {_children(backbone)} (e.g. target='encoder')"
+            f"{name} is a language model: by default the head would sit on the hidden states its language "
+            "model head reads, not on an embedding; pass target= what to make non-negative, e.g. "
+            "target='last_hidden_state' when you pool the hidden states into an embedding yourself"
+        )
+    base = _base_path(model)
+    for root in dict.fromkeys(["", base]):  # the model itself, then its backbone (CLIPSeg, ...)
+        targets = _dual_encoder_targets(model, root)
+        if targets:
+            return targets
+    projections = [path for path in TOWER_PROJECTIONS if path in model._modules]
+    if projections:
+        return [{"module": path, "fields": None} for path in projections]
+    declared = _output_fields(model.base_model)
+    if declared is not None and "last_hidden_state" not in declared:
+        raise ValueError(
+            f"{name} has no single embedding output to patch by default (it is neither an encoder nor a "
+            f"CLIP/SigLIP dual encoder); pass target= an output field among {_tensor_fields(declared)} or a "
+            f"submodule among {_children(model.base_model)}"
         )
     if declared is None:
-        fields = ["last_hidden_state", *(["pooler_output"] if getattr(backbone, "pooler", None) else [])]
+        fields = ["last_hidden_state", *(["pooler_output"] if getattr(model.base_model, "pooler", None) else [])]
     else:
-        fields = [f for f in ENCODER_FIELDS if f in declared]
-    return [{"module": "", "fields": fields}]
+        fields = [field for field in ENCODER_FIELDS if field in declared]
+    return [{"module": base, "fields": fields}]
 
 
-def _path_in_backbone(model: nn.Module, backbone: nn.Module, name: str) -> str:
-    """``name`` relative to the backbone, whether given relative to it or to ``model``."""
-    prefixes = [prefix for prefix, module in model.named_modules() if module is backbone and prefix]
-    for prefix in prefixes:
-        if name == prefix:
-            return ""
-        if name.startswith(prefix + "."):
-            return name[len(prefix) + 1 :]
-    return name
-
-
-def _unknown_target_message(model: nn.Module, backbone: nn.Module, name: str, declared: set[str] | None) -> str:
-    outside = name in dict(model.named_modules())
-    reason = (
-        f"target={name!r} is a submodule outside the backbone model.base_model ({type(backbone).__name__}), "
-        "whose outputs are the embeddings"
-        if outside
-        else f"target={name!r} is neither an output field nor a submodule of {type(backbone).__name__}"
+def _dual_encoder_targets(model: nn.Module, root: str) -> list[dict]:
+    """The embedding modules of the multi-tower model at ``root``; [] if it is not one."""
+    tower_model = model.get_submodule(root)
+    modalities = [m for m in MODALITIES if callable(getattr(tower_model, f"get_{m}_features", None))]
+    if not modalities:
+        return []
+    for heads in DUAL_ENCODER_HEADS:
+        paths = [_join(root, heads[m]) for m in modalities if m in heads]
+        if len(paths) == len(modalities) and all(_submodule(model, path) is not None for path in paths):
+            return [{"module": path, "fields": None} for path in paths]
+    raise ValueError(
+        f"cannot find the {' and '.join(modalities)} embedding modules of {type(tower_model).__name__} (looked "
+        f"for {list(DUAL_ENCODER_HEADS)}); pass target= the submodules whose outputs are the embeddings, among "
+        f"{_children(tower_model)}"
     )
+
+
+def _is_decoder_only(config: Any) -> bool:
+    """A model type with a causal language model but no masked one: a decoder (GPT-2, Llama, ...)."""
+    from transformers.models.auto import modeling_auto
+
+    model_type = getattr(config, "model_type", None)
     return (
-        f"{reason}; pass an output field among {sorted(declared or [])} or a submodule among "
-        f"{_children(backbone)} (dotted paths such as 'encoder.layer.1' also work)"
+        model_type in modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+        and model_type not in modeling_auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES
     )
+
+
+def _module_path(model: nn.Module, transformers_model: nn.Module, name: str) -> str | None:
+    """The path in ``transformers_model`` of the submodule ``name`` names, or None.
+
+    ``name`` may be given relative to the transformers model, to its backbone, or to a
+    wrapper around it (a PEFT model: ``"base_model.model.bert.pooler"``).
+    """
+    candidates = [name, _join(_base_path(transformers_model), name)]
+    for prefix, module in model.named_modules():
+        if module is transformers_model and prefix and name.startswith(prefix + "."):
+            candidates.append(name[len(prefix) + 1 :])
+    modules = dict(transformers_model.named_modules())
+    return next((path for path in candidates if path in modules), None)
+
+
+def _field_owner(model: nn.Module, name: str) -> str:
+    """The path of the module whose output has the tensor field ``name``: the backbone, else the model."""
+    base = _base_path(model)
+    owners = [(base, _output_fields(model.base_model)), ("", _output_fields(model))]
+    for path, declared in owners:
+        if declared is None and path == base:
+            return base  # unknown output fields: checked when the model runs
+        if declared is not None and name in declared:
+            if not declared[name]:
+                owner = type(model.get_submodule(path)).__name__
+                raise ValueError(
+                    f"target={name!r} is not a tensor field of the output of {owner} (it holds a tuple or "
+                    f"another object); pass a tensor field among {_tensor_fields(declared)} or a submodule"
+                )
+            return path
+    declared = owners[0][1] or {}
+    raise ValueError(
+        f"target={name!r} is neither a tensor output field nor a submodule of {type(model).__name__}; pass an "
+        f"output field among {_tensor_fields(declared)} or a submodule among {_children(model.base_model)} "
+        "(dotted paths such as 'encoder.layer.1' also work)"
+    )
+
+
+def _base_path(model: nn.Module, pending: Mapping[str, nn.Module] | None = None) -> str:
+    """The path of ``model.base_model`` in ``model`` ("" when the model is its own backbone)."""
+    prefix = getattr(model, "base_model_prefix", "")
+    return prefix if prefix and (prefix in model._modules or prefix in (pending or {})) else ""
+
+
+def _join(*parts: str) -> str:
+    return ".".join(part for part in parts if part)
 
 
 def _children(module: nn.Module) -> list[str]:
@@ -369,20 +583,51 @@ def _submodule(module: nn.Module, path: str) -> nn.Module | None:
         return None
 
 
-def _declared_output_fields(module: nn.Module) -> set[str] | None:
-    """Fields of the ModelOutput class(es) ``module.forward`` is annotated to return, or None."""
-    return _declared_output_fields_of(type(module))
+def _tensor_fields(declared: Mapping[str, bool]) -> list[str]:
+    return sorted(field for field, is_tensor in declared.items() if is_tensor)
+
+
+def _output_fields(module: nn.Module) -> dict[str, bool] | None:
+    """Fields of the ModelOutput(s) ``module.forward`` is annotated to return, each with
+    whether it holds a tensor; None when the annotation names none."""
+    return _output_fields_of(type(module))
 
 
 @functools.cache
-def _declared_output_fields_of(module_class: type) -> set[str] | None:
+def _output_fields_of(module_class: type) -> dict[str, bool] | None:
     try:
         returned = typing.get_type_hints(module_class.forward).get("return")
     except Exception:  # annotations that cannot be evaluated at runtime: fields unknown
         return None
-    candidates = typing.get_args(returned) or (returned,)
-    fields = {name for cls in candidates if isinstance(cls, type) for name in _dataclass_fields(cls)}
+    fields: dict[str, bool] = {}
+    for output_class in _union_members(returned):
+        if isinstance(output_class, type) and dataclasses.is_dataclass(output_class):
+            for name, is_tensor in _field_kinds(output_class).items():
+                fields[name] = fields.get(name, False) or is_tensor
     return fields or None
+
+
+def _field_kinds(output_class: type) -> dict[str, bool]:
+    try:
+        hints = typing.get_type_hints(output_class)
+    except Exception:  # unknown field types: assume tensors, checked when the model runs
+        return dict.fromkeys(_dataclass_fields(output_class), True)
+    return {name: _is_tensor_type(hints.get(name)) for name in _dataclass_fields(output_class)}
+
+
+def _is_tensor_type(hint: Any) -> bool:
+    members = [m for m in _union_members(hint) if m is not type(None)]
+    return bool(members) and all(isinstance(m, type) and _is_tensor_class(m) for m in members)
+
+
+def _is_tensor_class(cls: type) -> bool:
+    # torch.FloatTensor and the other legacy types (transformers 4.x annotations) are no subclasses of Tensor
+    return issubclass(cls, torch.Tensor) or (cls.__module__ == "torch" and cls.__name__.endswith("Tensor"))
+
+
+def _union_members(hint: Any) -> tuple:
+    is_union = typing.get_origin(hint) is typing.Union or isinstance(hint, types.UnionType)
+    return typing.get_args(hint) if is_union else (hint,)
 
 
 def _dataclass_fields(cls: type) -> set[str]:
@@ -396,38 +641,57 @@ def _accepts_return_dict(module: nn.Module) -> bool:
 
 
 # ---------------------------------------------------------------------------------------
-# Attaching and detaching heads
+# Placing, attaching and detaching heads
 # ---------------------------------------------------------------------------------------
 
 
-def _attach(backbone: nn.Module, record: dict, pending: dict[str, nn.Module] | None = None) -> None:
-    """Attach the heads ``record`` describes to the modules of ``backbone`` that lack them.
+def _attach(model: nn.Module, record: dict, pending: Mapping[str, nn.Module] | None = None) -> None:
+    """Attach the heads ``record`` describes to the modules of ``model`` that lack them.
 
-    ``pending`` maps child names to modules about to be assigned to ``backbone`` (models
-    under construction); a target that cannot be found raises unless ``pending`` is given.
+    ``pending`` maps child names to modules about to be assigned to ``model`` (a model
+    being built); a target that cannot be placed raises unless ``pending`` is given.
     """
     for target in record["targets"]:
-        module = _find(backbone, target["module"], pending)
+        module = _locate(model, record, target, pending)
         if module is None:
             if pending is not None:
                 continue
             raise ValueError(
-                f"the recorded target module {target['module']!r} does not exist in {type(backbone).__name__}; "
-                f"its submodules are {_children(backbone)}"
+                f"the recorded target module {target['module']!r} (fields {target['fields']}) has no place in "
+                f"{type(model).__name__}; its submodules are {_children(model)}"
             )
         head = module.__dict__.get(_HEAD_ATTRIBUTE)
-        if head is not None and head.nonneg.mode == record["mode"] and head.fields == target["fields"]:
+        if head is not None and head.matches(record["mode"], target["fields"]):
             continue
         if head is not None:
             head.detach(module)
         _ModuleHead(record["mode"], target["fields"]).attach(module)
 
 
-def _find(backbone: nn.Module, path: str, pending: dict[str, nn.Module] | None) -> nn.Module | None:
+def _locate(model: nn.Module, record: dict, target: dict, pending: Mapping[str, nn.Module] | None) -> nn.Module | None:
+    """The module of ``model`` that ``target`` names: at the recorded path, or at the same
+    place in ``model``'s backbone when the recorded path lies in the saved model's backbone."""
+    path, saved_base = target["module"], record.get("base_model", "")
+    candidates = [path]
+    if not saved_base or path == saved_base or path.startswith(saved_base + "."):
+        candidates.append(_join(_base_path(model, pending), path[len(saved_base) :].lstrip(".")))
+    for candidate in dict.fromkeys(candidates):
+        module = _find(model, candidate, pending)
+        if module is not None and _produces(module, target["fields"]):
+            return module
+    return None
+
+
+def _produces(module: nn.Module, fields: list[str] | None) -> bool:
+    declared = None if fields is None else _output_fields(module)
+    return declared is None or set(fields) <= declared.keys()
+
+
+def _find(model: nn.Module, path: str, pending: Mapping[str, nn.Module] | None) -> nn.Module | None:
     if not path:
-        return backbone
+        return model
     first, _, rest = path.partition(".")
-    child = pending.get(first) if pending and first in pending else backbone._modules.get(first)
+    child = pending[first] if pending and first in pending else model._modules.get(first)
     if child is None or not rest:
         return child
     return _submodule(child, rest)
@@ -440,18 +704,83 @@ def _detach_all(model: nn.Module) -> None:
             head.detach(module)
 
 
-def _same_patch(record: dict, other: dict) -> bool:
-    return record["mode"] == other["mode"] and record["targets"] == other["targets"]
+def _carries_heads(model: nn.Module) -> bool:
+    return any(_HEAD_ATTRIBUTE in module.__dict__ for module in model.modules())
+
+
+def _same_patch(model: nn.Module, record: dict, other: dict) -> bool:
+    """Whether both records put the same heads on the same modules of ``model``."""
+    placements = _placements(model, record)
+    return record["mode"] == other["mode"] and placements is not None and placements == _placements(model, other)
+
+
+def _placements(model: nn.Module, record: dict) -> set[tuple[int, tuple[str, ...] | None]] | None:
+    placed = set()
+    for target in record["targets"]:
+        module = _locate(model, record, target, None)
+        if module is None:
+            return None
+        placed.add((id(module), None if target["fields"] is None else tuple(target["fields"])))
+    return placed
+
+
+def _checked_record(record: Any) -> dict:
+    """``record`` if it has the shape :func:`patch` writes, else a ValueError naming the problem."""
+    targets = record.get("targets") if isinstance(record, Mapping) else None
+    well_formed = isinstance(targets, list) and all(
+        isinstance(t, Mapping) and isinstance(t.get("module"), str) and _is_field_list(t.get("fields")) for t in targets
+    )
+    if not well_formed or not isinstance(record.get("base_model", ""), str):
+        raise ValueError(
+            f"config.{RECORD_ATTRIBUTE} is malformed: expected {{'mode': ..., 'targets': [{{'module': str, "
+            f"'fields': [str] or None}}, ...], 'base_model': str}}, got {record!r}"
+        )
+    check_mode(record.get("mode"), argument=f"config.{RECORD_ATTRIBUTE}['mode']")
+    return dict(record)
+
+
+def _is_field_list(fields: Any) -> bool:
+    return fields is None or (isinstance(fields, list) and all(isinstance(field, str) for field in fields))
+
+
+def _own_config(model: nn.Module, transformers_model: nn.Module) -> PretrainedConfig:
+    """Give ``transformers_model`` a private copy of its config, and return it.
+
+    Every module of ``model`` that held the config (or one of its sub-configs) gets the
+    copy's counterpart, so the model stays consistent while models built from the same
+    config object keep theirs untouched.
+    """
+    config_class = _import_transformers().PretrainedConfig
+    copies: dict[int, Any] = {}  # deepcopy's memo: id(original object) -> its copy
+    config = copy.deepcopy(transformers_model.config, copies)
+    for module in model.modules():
+        for name, value in list(vars(module).items()):
+            if isinstance(value, config_class) and id(value) in copies:
+                setattr(module, name, copies[id(value)])
+    return config
 
 
 # ---------------------------------------------------------------------------------------
-# Keeping the head: restore it when a recorded config builds a model, and let it follow
-# its module when a wrapper (a PEFT LoRA layer) replaces that module.
+# Keeping the head. One process-wide module-registration hook, installed by the first
+# head created (never at import): a head follows its module when a wrapper (a PEFT LoRA
+# layer) replaces that module, and, once enable_auto_restore() is called, a model being
+# built from a config that records a patch gets its heads as its modules are assigned.
 # ---------------------------------------------------------------------------------------
+
+_auto_restore = False
+_registration_hook: torch.utils.hooks.RemovableHandle | None = None
+_registration_lock = threading.Lock()
+
+
+def _install_registration_hook() -> None:
+    global _registration_hook
+    with _registration_lock:
+        if _registration_hook is None:
+            _registration_hook = register_module_module_registration_hook(_keep_heads)
 
 
 def _keep_heads(parent: nn.Module, name: str, submodule: nn.Module | None) -> None:
-    """Global module-registration hook: runs before ``parent.<name> = submodule``."""
+    """Runs before ``parent.<name> = submodule``, for every module of the process."""
     replaced = parent._modules.get(name)
     head = None if replaced is None else replaced.__dict__.get(_HEAD_ATTRIBUTE)
     if head is not None and submodule is not replaced:
@@ -459,24 +788,16 @@ def _keep_heads(parent: nn.Module, name: str, submodule: nn.Module | None) -> No
         if submodule is not None:
             _detach_all(submodule)  # heads copied inside the wrapper would apply the map twice
             _ModuleHead(head.nonneg.mode, head.fields).attach(submodule)
-    model_class = _pretrained_model_class()
-    record = getattr(parent.__dict__.get("config"), RECORD_ATTRIBUTE, None)
-    if submodule is not None and record is not None and model_class is not None and isinstance(parent, model_class):
-        _restore_during_construction(parent, name, submodule, record)
+    if _auto_restore and submodule is not None:
+        model_class = _pretrained_model_class()
+        record = getattr(parent.__dict__.get("config"), RECORD_ATTRIBUTE, None)
+        if record is not None and model_class is not None and isinstance(parent, model_class):
+            _attach(parent, _checked_record(record), pending={name: submodule})
 
 
-def _restore_during_construction(model: nn.Module, name: str, submodule: nn.Module, record: dict) -> None:
-    """Attach the recorded head to a model being built, as soon as its target modules exist."""
-    if name == model.base_model_prefix:  # a task model receiving its backbone
-        _attach(submodule, record, pending={})
-        return
-    backbone = model._modules.get(model.base_model_prefix, model)
-    if backbone is model:
-        declared = _declared_output_fields(model)
-        field_targets = [t for t in record["targets"] if t["fields"]]
-        if declared is not None and any(not set(t["fields"]) <= declared for t in field_targets):
-            return  # a task model whose backbone is not assigned yet
-    _attach(backbone, record, pending={name: submodule} if backbone is model else {})
+# ---------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------
 
 
 def _pretrained_model_class() -> type | None:
@@ -485,17 +806,7 @@ def _pretrained_model_class() -> type | None:
     return getattr(modeling_utils, "PreTrainedModel", None)
 
 
-# Installed once, when this module is first imported; it only acts on modules that carry a
-# head or on transformers models whose config records one.
-_KEEP_HEADS_HANDLE = register_module_module_registration_hook(_keep_heads)
-
-
-# ---------------------------------------------------------------------------------------
-# Helpers
-# ---------------------------------------------------------------------------------------
-
-
-def _import_transformers() -> ModuleType:
+def _import_transformers() -> types.ModuleType:
     try:
         import transformers
     except ImportError as error:

@@ -5,6 +5,8 @@ before patching), passed through torch.relu (or torch.nn.functional.softplus).
 """
 
 import copy
+import sys
+import typing
 import warnings
 
 import pytest
@@ -19,6 +21,9 @@ from transformers import (
     CLIPModel,
     DistilBertConfig,
     DistilBertModel,
+    GPT2Config,
+    GPT2LMHeadModel,
+    GPT2Model,
     RobertaConfig,
     RobertaModel,
     SiglipConfig,
@@ -30,6 +35,7 @@ from transformers import (
 )
 
 import ncl_ext
+from ncl_ext.adapters import hf
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37)
 TEXT = dict(TINY, vocab_size=99, pad_token_id=0, bos_token_id=1, eos_token_id=98)
@@ -51,6 +57,14 @@ DUAL_ENCODERS = {
 
 
 pytestmark = pytest.mark.usefixtures("seed_and_one_thread")
+
+
+@pytest.fixture
+def auto_restore():
+    """Every loader restores recorded heads for the duration of one test."""
+    ncl_ext.enable_auto_restore()
+    yield
+    ncl_ext.enable_auto_restore(False)
 
 
 def text_inputs(batch: int = 3, length: int = 7) -> dict:
@@ -89,8 +103,9 @@ def test_encoder_embeddings_become_relu_of_the_original_and_the_rest_is_unchange
     torch.testing.assert_close(out.last_hidden_state, torch.relu(ref.last_hidden_state), rtol=0, atol=0)
     if ref.get("pooler_output") is not None:
         torch.testing.assert_close(out.pooler_output, torch.relu(ref.pooler_output), rtol=0, atol=0)
-    for hidden, ref_hidden in zip(out.hidden_states, ref.hidden_states):
+    for hidden, ref_hidden in zip(out.hidden_states, ref.hidden_states, strict=True):  # the layers' own outputs
         torch.testing.assert_close(hidden, ref_hidden, rtol=0, atol=0)
+    assert (out.hidden_states[-1] < 0).any()
     assert (out.last_hidden_state >= 0).all()
     assert 0.2 < (out.last_hidden_state == 0).float().mean() < 0.8  # about half the units are off
 
@@ -141,7 +156,7 @@ def test_gradients_flow_through_the_head():
     inputs = text_inputs()
     model(**inputs).pooler_output.sum().backward()
     torch.relu(reference(**inputs).pooler_output).sum().backward()
-    for (name, param), ref_param in zip(model.named_parameters(), reference.parameters()):
+    for (name, param), ref_param in zip(model.named_parameters(), reference.parameters(), strict=True):
         if ref_param.grad is not None:
             torch.testing.assert_close(param.grad, ref_param.grad, msg=name)
     assert model.embeddings.word_embeddings.weight.grad.abs().sum() > 0
@@ -212,7 +227,20 @@ def test_save_pretrained_then_from_pretrained_reproduces_the_outputs(name, tmp_p
         torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
-def test_plain_automodel_load_of_a_patched_checkpoint_restores_the_head(tmp_path):
+def test_plain_automodel_load_is_unpatched_until_patch_restores_the_recorded_head(tmp_path):
+    classifier = ncl_ext.patch(BertForSequenceClassification(BertConfig(**TEXT, num_labels=3)).eval())
+    classifier.save_pretrained(tmp_path)
+    loaded = AutoModel.from_pretrained(tmp_path).eval()  # the backbone: a BertModel
+    assert type(loaded) is BertModel and loaded.config.ncl_nonneg == classifier.config.ncl_nonneg
+    inputs = text_inputs()
+    with torch.no_grad():
+        assert (loaded(**inputs).last_hidden_state < 0).any()  # no hook restores the head unasked
+        assert ncl_ext.patch(loaded) is loaded  # the recorded patch: its head comes back
+        torch.testing.assert_close(loaded(**inputs).pooler_output, classifier.bert(**inputs).pooler_output)
+        assert (loaded(**inputs).last_hidden_state >= 0).all()
+
+
+def test_enable_auto_restore_lets_plain_automodel_restore_the_head(tmp_path, auto_restore):
     classifier = ncl_ext.patch(BertForSequenceClassification(BertConfig(**TEXT, num_labels=3)).eval())
     clip = ncl_ext.patch(DUAL_ENCODERS["clip"]().eval())
     classifier.save_pretrained(tmp_path / "bert")
@@ -232,12 +260,70 @@ def test_plain_automodel_load_of_a_patched_checkpoint_restores_the_head(tmp_path
         torch.testing.assert_close(features, embedding(clip.get_image_features(**images)), rtol=0, atol=0)
     assert (features >= 0).all() and (features == 0).any()
 
-
-def test_a_model_built_from_a_patched_config_has_the_head():
-    model = ncl_ext.patch(ENCODERS["bert"][0]().eval())
-    rebuilt = BertModel(copy.deepcopy(model.config)).eval()
+    ncl_ext.enable_auto_restore(False)
     with torch.no_grad():
-        assert (rebuilt(**text_inputs()).pooler_output >= 0).all()
+        assert (AutoModel.from_pretrained(tmp_path / "bert")(**inputs).last_hidden_state < 0).any()
+
+
+def test_a_model_built_from_a_patched_config_has_the_head_only_with_auto_restore():
+    model = ncl_ext.patch(ENCODERS["bert"][0]().eval())
+
+    def rebuilt() -> BertModel:
+        built = BertModel(copy.deepcopy(model.config)).eval()
+        built.load_state_dict(model.state_dict())
+        return built
+
+    inputs = text_inputs()
+    with torch.no_grad():
+        expected = model(**inputs).last_hidden_state
+        assert (rebuilt()(**inputs).last_hidden_state < 0).any()
+        ncl_ext.enable_auto_restore()
+        try:
+            restored = rebuilt()
+        finally:
+            ncl_ext.enable_auto_restore(False)
+        torch.testing.assert_close(restored(**inputs).last_hidden_state, expected, rtol=0, atol=0)
+
+
+def test_patch_leaves_a_config_shared_with_other_models_untouched(tmp_path, auto_restore):
+    config = BertConfig(**TEXT)
+    patched, sibling = BertModel(config).eval(), BertModel(config).eval()
+    ncl_ext.patch(patched)
+    assert not hasattr(config, "ncl_nonneg") and sibling.config is config
+    assert patched.config is not config and patched.config.ncl_nonneg["mode"] == "relu"
+    assert not any(vars(module).get("config") is config for module in patched.modules())
+    inputs = text_inputs()
+    with torch.no_grad():
+        later = BertModel(config).eval()  # built from the shared config after the patch, auto restore on
+        assert (later(**inputs).last_hidden_state < 0).any()
+        sibling.save_pretrained(tmp_path)
+        with pytest.warns(UserWarning, match="records no non-negative head"):
+            reloaded = ncl_ext.from_pretrained(tmp_path).eval()
+        assert (reloaded(**inputs).last_hidden_state < 0).any()
+
+        # unpatch edits only its own model's config too
+        twin = BertModel(patched.config).eval()  # shares the patched model's config (and record)
+        ncl_ext.unpatch(ncl_ext.patch(twin))
+        assert patched.config.ncl_nonneg["mode"] == "relu" and (patched(**inputs).last_hidden_state >= 0).all()
+        assert not hasattr(twin.config, "ncl_nonneg") and (twin(**inputs).last_hidden_state < 0).any()
+
+
+def test_patch_keeps_the_sub_configs_of_a_dual_encoder_consistent():
+    config = CLIPConfig(text_config=TEXT, vision_config=VISION, projection_dim=16)
+    clip = CLIPModel(config)
+    shared_vision = clip.vision_model.config is clip.config.vision_config
+    ncl_ext.patch(clip)
+    assert clip.config is not config and not hasattr(config, "ncl_nonneg")
+    assert (clip.vision_model.config is clip.config.vision_config) == shared_vision
+    assert clip.vision_model.config is not config.vision_config
+
+
+def test_a_record_the_model_does_not_carry_is_replaced_with_a_warning():
+    model = ncl_ext.patch(ENCODERS["bert"][0]().eval())
+    built = BertModel(model.config).eval()  # carries the record, not the head
+    with pytest.warns(UserWarning, match="does not carry"):
+        ncl_ext.patch(built, mode="softplus")
+    assert built.config.ncl_nonneg["mode"] == "softplus" and model.config.ncl_nonneg["mode"] == "relu"
 
 
 def test_from_pretrained_of_an_unpatched_checkpoint_warns(tmp_path):
@@ -255,22 +341,59 @@ def test_explicit_targets_field_and_submodule():
     torch.testing.assert_close(out.last_hidden_state, ref.last_hidden_state, rtol=0, atol=0)
     torch.testing.assert_close(out.pooler_output, torch.relu(ref.pooler_output), rtol=0, atol=0)
 
-    # a submodule named from the task model ("bert.pooler") is stored relative to the backbone
+    # a submodule named relative to the backbone ("pooler") is stored relative to the model
     classifier = BertForSequenceClassification(BertConfig(**TEXT)).eval()
     reference = copy.deepcopy(classifier)
-    ncl_ext.patch(classifier, target=["bert.pooler"])
-    assert classifier.config.ncl_nonneg["targets"] == [{"module": "pooler", "fields": None}]
+    ncl_ext.patch(classifier, target=["pooler"])
+    assert classifier.config.ncl_nonneg["targets"] == [{"module": "bert.pooler", "fields": None}]
+    assert classifier.config.ncl_nonneg["base_model"] == "bert"
     with torch.no_grad():
         torch.testing.assert_close(
             classifier.bert(**inputs).pooler_output, torch.relu(reference.bert(**inputs).pooler_output)
         )
 
 
+def test_a_submodule_outside_the_backbone_is_a_valid_target(tmp_path):
+    model, reference = patched_and_reference(
+        lambda: BertForSequenceClassification(BertConfig(**TEXT, num_labels=3)), target="classifier"
+    )
+    assert model.config.ncl_nonneg["targets"] == [{"module": "classifier", "fields": None}]
+    inputs = text_inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(model(**inputs).logits, torch.relu(reference(**inputs).logits), rtol=0, atol=0)
+        model.save_pretrained(tmp_path)
+        torch.testing.assert_close(ncl_ext.from_pretrained(tmp_path)(**inputs).logits, model(**inputs).logits)
+
+
+def test_from_pretrained_builds_the_model_class_asked_for(tmp_path):
+    classifier = ncl_ext.patch(BertForSequenceClassification(BertConfig(**TEXT, num_labels=3)).eval())
+    classifier.save_pretrained(tmp_path)
+    inputs = text_inputs()
+    for model_class in (BertModel, AutoModel):
+        backbone = ncl_ext.from_pretrained(tmp_path, model_class=model_class).eval()
+        assert type(backbone) is BertModel
+        with torch.no_grad():
+            out, expected = backbone(**inputs), classifier.bert(**inputs)
+        torch.testing.assert_close(out.last_hidden_state, expected.last_hidden_state, rtol=0, atol=0)
+        assert (out.last_hidden_state >= 0).all()
+    with pytest.raises(ValueError, match="model_class must be a transformers model class"):
+        ncl_ext.from_pretrained(tmp_path, model_class="BertModel")
+
+
+def test_from_pretrained_of_a_missing_path_says_so(tmp_path):
+    for missing in (tmp_path / "missing", str(tmp_path / "missing"), "./missing-folder"):
+        with pytest.raises(FileNotFoundError, match="does not exist; pass the folder written by save_pretrained"):
+            ncl_ext.from_pretrained(missing)
+    with pytest.raises(FileNotFoundError, match="neither a local folder nor a model id"):
+        ncl_ext.from_pretrained("no-such-model-anywhere")  # a valid hub id; the tests run offline
+
+
 @pytest.mark.parametrize(
     ("target", "message"),
     [
-        ("pooled", r"neither an output field nor a submodule.*'pooler_output'.*'embeddings', 'encoder', 'pooler'"),
-        ("classifier", r"outside the backbone.*'last_hidden_state'"),
+        ("pooled", r"neither a tensor output field nor a submodule.*'pooler_output'.*'embeddings', 'encoder'"),
+        ("hidden_states", r"'hidden_states' is not a tensor field.*\['last_hidden_state', 'pooler_output'\]"),
+        (["pooler_output", "attentions"], r"'attentions' is not a tensor field"),
         (["pooler_output", 3], r"target must be None, an output field"),
     ],
 )
@@ -281,14 +404,36 @@ def test_a_wrong_target_names_what_to_pass(target, message):
     assert not hasattr(model.config, "ncl_nonneg")
 
 
+GPT2 = dict(n_embd=32, n_layer=2, n_head=2, vocab_size=99, bos_token_id=1, eos_token_id=98)
+
+
 def test_unsupported_models_and_modes_are_refused():
     t5 = T5Model(T5Config(vocab_size=99, d_model=32, d_kv=16, d_ff=37, num_layers=2, num_heads=2))
-    with pytest.raises(ValueError, match=r"no single embedding output.*target=.*'encoder'"):
+    with pytest.raises(ValueError, match=r"encoder-decoder.*no single embedding output.*target=.*'encoder'"):
         ncl_ext.patch(t5)
+    for language_model in (GPT2LMHeadModel(GPT2Config(**GPT2)), GPT2Model(GPT2Config(**GPT2))):
+        with pytest.raises(ValueError, match=r"is a language model.*pass target=.*'last_hidden_state'"):
+            ncl_ext.patch(language_model)
+        assert not hasattr(language_model.config, "ncl_nonneg") and not hf._carries_heads(language_model)
     with pytest.raises(ValueError, match="PreTrainedModel.*make_nonneg"):
         ncl_ext.patch(torch.nn.Linear(4, 4))
     with pytest.raises(ValueError, match="mode='tanh' is not a known mode"):
         ncl_ext.patch(ENCODERS["bert"][0](), mode="tanh")
+
+
+def test_a_language_model_accepts_an_explicit_target():
+    model, reference = patched_and_reference(lambda: GPT2Model(GPT2Config(**GPT2)), target="last_hidden_state")
+    inputs = text_inputs()
+    with torch.no_grad():
+        expected = torch.relu(reference(**inputs).last_hidden_state)
+        torch.testing.assert_close(model(**inputs).last_hidden_state, expected, rtol=0, atol=0)
+
+
+def test_make_nonneg_refuses_a_transformers_model_and_points_to_patch():
+    with pytest.raises(ValueError, match=r"transformers BertModel.*\.config.*ncl_ext\.patch\(model, mode='relu'\)"):
+        ncl_ext.make_nonneg(ENCODERS["bert"][0]())
+    wrapped = ncl_ext.make_nonneg(torch.nn.Linear(4, 3))  # every other module still wraps
+    assert (wrapped(torch.randn(5, 4)) >= 0).all()
 
 
 def test_an_encoder_decoder_model_accepts_an_explicit_target():
@@ -314,3 +459,13 @@ def test_copies_of_a_patched_model_keep_the_head():
     with torch.no_grad():
         assert (model(**inputs).last_hidden_state >= 0).all()
         assert (duplicate(**inputs).last_hidden_state < 0).any()
+
+
+def test_patch_unpatch_and_from_pretrained_preserve_the_model_class_in_their_types():
+    for function in (ncl_ext.patch, ncl_ext.unpatch):
+        hints = typing.get_type_hints(function)
+        assert hints["model"] is hints["return"] is hf.ModelT
+        assert hf.ModelT.__bound__ is torch.nn.Module
+    if sys.version_info >= (3, 11):  # typing.get_overloads
+        with_class = typing.get_overloads(hf.from_pretrained)[0].__annotations__
+        assert with_class["model_class"] == "type[ModelT]" and with_class["return"] == "ModelT"

@@ -121,3 +121,32 @@ def test_lora_on_the_embedding_projection_keeps_the_output_non_negative(tmp_path
         merged = reloaded.merge_and_unload()
         torch.testing.assert_close(image_features(merged), features)
         assert (image_features(merged) >= 0).all()
+
+
+def test_gradient_checkpointing_keeps_the_head_and_the_gradients():
+    config = BertConfig(**TEXT, num_labels=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = ncl_ext.patch(BertForSequenceClassification(config)).train()
+    reference = copy.deepcopy(model)
+    # transformers 5 renamed gradient_checkpointing_enable (4.x) to activation_checkpointing_enable
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
+    assert any(getattr(module, "gradient_checkpointing", False) for module in model.modules())
+    input_ids = torch.stack([example["input_ids"] for example in tiny_dataset(4)])
+    labels = torch.tensor([0, 1, 0, 1])
+    model(input_ids=input_ids, labels=labels).loss.backward()
+    reference(input_ids=input_ids, labels=labels).loss.backward()
+    for (name, param), ref_param in zip(model.named_parameters(), reference.parameters(), strict=True):
+        if ref_param.grad is not None:
+            torch.testing.assert_close(param.grad, ref_param.grad, msg=name)
+    assert model.bert.embeddings.word_embeddings.weight.grad.abs().sum() > 0
+    features = pooled(model, input_ids)
+    assert (features >= 0).all() and (features == 0).any()
+
+
+def test_make_nonneg_refuses_a_peft_model_and_points_to_patch():
+    model = get_peft_model(tiny_classifier(), LoraConfig(r=4, target_modules=["query"], task_type="SEQ_CLS"))
+    with pytest.raises(ValueError, match=r"use ncl_ext\.patch\(model"):
+        ncl_ext.make_nonneg(model)
+    patched = ncl_ext.patch(model)  # what it points to works on the PEFT model
+    input_ids = torch.stack([example["input_ids"] for example in tiny_dataset(4)])
+    assert (pooled(patched, input_ids) >= 0).all()
