@@ -166,6 +166,7 @@ def plot_top_activating_images(
     dims: Sequence[int] | torch.Tensor | None = None,
     num_dims: int = 8,
     per_dim: int = 8,
+    title: str = "Top-activating samples per dimension",
 ) -> Path:
     """Image grid: one row per dimension, its ``per_dim`` most activating images left to right.
 
@@ -189,7 +190,7 @@ def plot_top_activating_images(
             axes.set_yticks([])
             if col == 0:
                 axes.set_ylabel(f"dim {dim}", rotation=0, ha="right", va="center")
-    figure.suptitle("Top-activating samples per dimension")
+    figure.suptitle(title)
     return _save(figure, path)
 
 

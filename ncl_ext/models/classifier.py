@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +26,8 @@ from torch import nn
 
 from ncl_ext.models.features import OutputField, check_backbone, extract_features, resolve_feature_dim
 from ncl_ext.models.heads import check_dims, projection_mlp
-from ncl_ext.nonneg import NonNegative, check_mode, nonneg as apply_nonneg
+from ncl_ext.nonneg import NonNegative, check_mode
+from ncl_ext.nonneg import nonneg as apply_nonneg
 
 __all__ = ["ClassifierOutput", "NonNegativeClassifier", "NonNegativeLinear"]
 

@@ -260,7 +260,8 @@ def _save_top_activating(
     shown = top.flatten().unique()
     pixels = torch.stack([parts.eval_transform(test[int(i)][0]) for i in shown])
     analysis.plot_top_activating_images(
-        embeddings.images[shown], pixels, output / "top_activating_images.png", dims=dims, per_dim=per_dim
+        embeddings.images[shown], pixels, output / "top_activating_images.png", dims=dims, per_dim=per_dim,
+        title=f"{output.name}: top-activating test images per dimension",
     )
     labels = embeddings.labels if bool((embeddings.labels >= 0).all()) else None
     save_run_features(output, embeddings.images, labels, images=lambda index: parts.eval_transform(test[index][0]))

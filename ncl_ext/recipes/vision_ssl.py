@@ -151,7 +151,8 @@ def evaluate(config: Config, name: str, model: ContrastiveModel, data: ImageData
     raw = data.raw_test_images()
     save_run_features(output, test_z, test_y, ea_order=analysis.expected_activation_order(train_z), images=raw)
     analysis.plot_activation_frequency(test_z, output / "activation_frequency.png", title=f"{name}: activation frequency")
-    analysis.plot_correlation_heatmap(test_z, output / "correlation.png")
+    analysis.plot_correlation_heatmap(test_z, output / "correlation.png", title=f"{name}: |cosine| between top-EA dims")
     if raw is not None:
-        analysis.plot_top_activating_images(test_z, raw, output / "top_activating_images.png", num_dims=config.top_images)
+        analysis.plot_top_activating_images(test_z, raw, output / "top_activating_images.png", num_dims=config.top_images,
+                                            title=f"{name}: top-activating test images per dimension")
     return metrics
