@@ -8,6 +8,7 @@ process gives the reference gradients.
 from __future__ import annotations
 
 import datetime
+import warnings
 from pathlib import Path
 
 import open_clip.loss
@@ -52,12 +53,32 @@ class ImageTextEncoder(nn.Module):
         return outputs if self.bias is None else (*outputs, self.bias)
 
 
+class InLowPrecision(nn.Module):
+    """Casts the features to a 16-bit dtype before ``loss``, as a mixed-precision model would emit them."""
+
+    def __init__(self, loss: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.loss, self.dtype = loss, dtype
+
+    def forward(self, *features: torch.Tensor) -> torch.Tensor:
+        return self.loss(*(f.to(self.dtype) for f in features))
+
+
 def loss_functions(gather: bool) -> dict[str, tuple[nn.Module, nn.Module]]:
     """Each case: (model, loss); ``gather`` switches the cross-rank gathering on."""
     return {
         "infonce": (PairEncoder(), InfoNCELoss(0.5, nonneg="relu", gather_distributed=gather)),
         "infonce_tiled": (PairEncoder(), InfoNCELoss(0.5, nonneg="relu", gather_distributed=gather, chunk_size=2)),
         "spectral": (PairEncoder(), SpectralContrastiveLoss(nonneg="relu", gather_distributed=gather)),
+        # 16-bit features: upcast to float32 before the gather, so every rank gathers float32 rows
+        "infonce_bf16": (
+            PairEncoder(),
+            InLowPrecision(InfoNCELoss(0.5, nonneg="rep_relu", gather_distributed=gather), torch.bfloat16),
+        ),
+        "spectral_fp16": (
+            PairEncoder(),
+            InLowPrecision(SpectralContrastiveLoss(nonneg="relu", gather_distributed=gather), torch.float16),
+        ),
         "clip": (ImageTextEncoder(False), ClipLoss(nonneg="relu", local_loss=True, gather_with_grad=True)),
         "clip_tiled": (ImageTextEncoder(False), ClipLoss(local_loss=True, gather_with_grad=True, chunk_size=2)),
         "siglip": (ImageTextEncoder(True), SigLipLoss(nonneg="relu")),
@@ -65,6 +86,8 @@ def loss_functions(gather: bool) -> dict[str, tuple[nn.Module, nn.Module]]:
 
 
 CASES = list(loss_functions(False))
+#: Cases computed in float32, not float64: their losses agree to float32 precision only.
+FLOAT32_CASES = {"infonce_bf16", "spectral_fp16"}
 
 
 def full_batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,13 +135,17 @@ def open_clip_comparison(rank: int) -> dict[str, tuple[torch.Tensor, ...]]:
     return results
 
 
-def gather_check(rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gather rows filled with rank + 1; the gradient of sum(row_index * value) lands summed over ranks."""
+def gather_check(rank: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Gather rows filled with rank + 1; the gradient of sum(row_index * value) lands summed over ranks.
+    Also returns the deprecation warnings raised on the way (``torch.distributed.nn.all_gather`` warns)."""
     local = torch.full((2, 3), float(rank + 1), dtype=torch.float64, requires_grad=True)
-    gathered = distributed.gather_with_grad(local)
-    weights = torch.arange(gathered.shape[0], dtype=torch.float64)[:, None]
-    (weights * gathered).sum().backward()
-    return gathered.detach().clone(), local.grad
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gathered = distributed.gather_with_grad(local)
+        weights = torch.arange(gathered.shape[0], dtype=torch.float64)[:, None]
+        (weights * gathered).sum().backward()
+    deprecations = [str(w.message) for w in caught if issubclass(w.category, (DeprecationWarning, FutureWarning))]
+    return gathered.detach().clone(), local.grad, deprecations
 
 
 def worker(rank: int, init_file: str, output_dir: str) -> None:

@@ -5,7 +5,13 @@ import torch
 import torch.multiprocessing as mp
 
 from ncl_ext import distributed
-from tests._distributed_worker import CASES, WORLD_SIZE, train_step, worker
+from tests._distributed_worker import (
+    CASES,
+    FLOAT32_CASES,
+    WORLD_SIZE,
+    train_step,
+    worker,
+)
 
 
 def test_single_process_helpers_are_no_ops():
@@ -36,7 +42,8 @@ def test_rank_and_world_size(rank_results):
 def test_gather_with_grad_orders_by_rank_and_sums_gradients(rank_results):
     expected_rows = torch.tensor([1.0, 1.0, 2.0, 2.0], dtype=torch.float64)
     for rank, result in enumerate(rank_results):
-        gathered, grad = result["gather"]
+        gathered, grad, deprecations = result["gather"]
+        assert deprecations == []  # the functional collectives, not the deprecated torch.distributed.nn.all_gather
         torch.testing.assert_close(gathered[:, 0], expected_rows)
         # row k of the gathered tensor has weight k on each of the 2 ranks: the slice gets 2 * k
         rows = torch.arange(2 * rank, 2 * rank + 2, dtype=torch.float64)
@@ -49,7 +56,7 @@ def test_rank_averaged_gradients_equal_full_batch_gradients(rank_results, case):
     full_loss, full_grads = train_step(case, slice(None))
     rank_losses = [result["train_step"][case][0] for result in rank_results]
     # each rank's loss averages over its local anchors, so the full-batch loss is their mean
-    assert sum(rank_losses) / WORLD_SIZE == pytest.approx(full_loss, rel=1e-10)
+    assert sum(rank_losses) / WORLD_SIZE == pytest.approx(full_loss, rel=1e-6 if case in FLOAT32_CASES else 1e-10)
     for result in rank_results:
         _, grads = result["train_step"][case]
         assert grads.keys() == full_grads.keys()

@@ -18,7 +18,9 @@ The shift of row ``i`` is the Cauchy-Schwarz bound ``scale * |q_i| * max_j |k_j|
 logits when ``exp`` cannot underflow over the whole range that bound allows (e.g.
 temperature 0.2 on unit vectors), and the exact row max otherwise (one more pass).
 The saved matrix is never modified in backward, so ``backward(retain_graph=True)`` may be
-called any number of times.
+called any number of times. Both passes compute in the dtype of their inputs, with autocast
+disabled (backward too, since ``loss.backward()`` may be called inside an autocast region):
+the losses hand this module float32 (or float64) tensors.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import math
 
 import torch
 from torch.autograd.function import once_differentiable
+
+from ncl_ext.losses._precision import autocast_disabled
 
 
 def masked_logsumexp(
@@ -53,7 +57,8 @@ def masked_logsumexp(
         >>> torch.allclose(masked_logsumexp(q, k, 2.0, chunk_size=3), torch.logsumexp(2 * q @ k.T, dim=1))
         True
     """
-    return _MaskedLogSumExp.apply(queries, keys, scale, excluded_offset, chunk_size)
+    with autocast_disabled(queries.device.type):
+        return _MaskedLogSumExp.apply(queries, keys, scale, excluded_offset, chunk_size)
 
 
 class _MaskedLogSumExp(torch.autograd.Function):
@@ -88,6 +93,11 @@ class _MaskedLogSumExp(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_lse):
+        with autocast_disabled(grad_lse.device.type):
+            return _MaskedLogSumExp._backward(ctx, grad_lse)
+
+    @staticmethod
+    def _backward(ctx, grad_lse):
         queries, keys, lse, *saved = ctx.saved_tensors
         need_queries, need_keys = ctx.needs_input_grad[:2]
         grad_queries = torch.zeros_like(queries) if need_queries else None

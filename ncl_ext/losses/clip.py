@@ -7,6 +7,19 @@ Pre-Training", ICCV 2023, arXiv:2303.15343): same arguments, same value. ``nonne
 makes both embeddings non-negative and re-normalises them before the loss, the
 non-negative contrastive learning of Wang, Zhang, Guo, Wang (ICLR 2024, arXiv:2403.12459)
 applied to image-text pairs.
+
+Both losses share two behaviours:
+
+- Dead rows. With ``nonneg=mode``, an embedding whose norm after the map is below ``1e-6``
+  (every unit dead after ReLU) becomes the zero vector: its logits are all ``logit_bias``
+  and it receives **no gradient**, even with ``rep_relu``
+  (see :mod:`ncl_ext.losses._normalize`). Live rows get open_clip's values and gradients.
+  With ``nonneg=None`` the features are used as given. If every image embedding or every
+  text embedding is dead (norm below ``1e-6``), the features get no gradient at all and the
+  loss raises a ValueError.
+- Precision. Float16 / bfloat16 features (and a 16-bit ``logit_scale`` / ``logit_bias``), and
+  inputs met inside ``torch.autocast``, are computed in float32 with autocast disabled: the
+  loss is float32 and every gradient arrives in its input's dtype. Float64 stays float64.
 """
 
 from __future__ import annotations
@@ -23,7 +36,8 @@ from ncl_ext._checks import (
     check_scalar_tensor,
 )
 from ncl_ext.losses._logsumexp import masked_logsumexp
-from ncl_ext.losses._normalize import nonneg_normalize
+from ncl_ext.losses._normalize import check_not_all_dead, nonneg_normalize
+from ncl_ext.losses._precision import autocast_disabled, to_compute_dtype
 
 Scalar = torch.Tensor | float
 
@@ -50,7 +64,8 @@ class ClipLoss(nn.Module):
         chunk_size: ``None`` builds each ``N x N`` logit matrix at once; an int processes
             ``chunk_size`` rows at a time and recomputes them in backward (same values and
             gradients, memory ``O(chunk_size * N)``).
-        check_finite: raise a ValueError on NaN / Inf inputs.
+        check_finite: raise a ValueError on NaN / Inf inputs and when every image or every
+            text embedding is dead (one value read back by the host each); ``False`` skips both.
 
     Examples:
         >>> import torch, torch.nn.functional as F
@@ -90,8 +105,16 @@ class ClipLoss(nn.Module):
         output_dict: bool = False,
     ) -> torch.Tensor | dict[str, torch.Tensor]:
         """Return the loss (or ``{"contrastive_loss": loss}``) of the pairs ``(image[i], text[i])``."""
-        images, texts = _prepare(image_features, text_features, logit_scale, logit_bias, self.nonneg, self.check_finite)
+        _check_inputs(image_features, text_features, logit_scale, logit_bias, self.check_finite)
         rank, world_size = _rank_and_world_size(self.rank, self.world_size)
+        with autocast_disabled(image_features.device.type):
+            loss = self._loss(image_features, text_features, logit_scale, logit_bias, rank, world_size)
+        return {"contrastive_loss": loss} if output_dict else loss
+
+    def _loss(self, image_features, text_features, logit_scale, logit_bias, rank, world_size):
+        images, texts, logit_scale, logit_bias = _prepare(
+            image_features, text_features, logit_scale, logit_bias, self.nonneg
+        )
         if world_size > 1:
             all_images = self._gather(images, rank)
             all_texts = self._gather(texts, rank)
@@ -101,10 +124,12 @@ class ClipLoss(nn.Module):
                 image_rows, text_rows, offset = all_images, all_texts, 0
         else:
             all_images, all_texts, image_rows, text_rows, offset = images, texts, images, texts, 0
+        if self.check_finite:
+            check_not_all_dead(all_images, "image_features", self.nonneg)
+            check_not_all_dead(all_texts, "text_features", self.nonneg)
         image_loss = _softmax_cross_entropy(image_rows, all_texts, offset, logit_scale, logit_bias, self.chunk_size)
         text_loss = _softmax_cross_entropy(text_rows, all_images, offset, logit_scale, logit_bias, self.chunk_size)
-        loss = (image_loss + text_loss) / 2
-        return {"contrastive_loss": loss} if output_dict else loss
+        return (image_loss + text_loss) / 2
 
     def _gather(self, features: torch.Tensor, rank: int) -> torch.Tensor:
         if self.gather_with_grad:
@@ -141,7 +166,8 @@ class SigLipLoss(nn.Module):
         nonneg: ``None`` uses the features as given; a mode of :func:`ncl_ext.nonneg` maps both
             embeddings through it, then L2-normalises them.
         rank, world_size: taken from the default process group when ``None``.
-        check_finite: raise a ValueError on NaN / Inf inputs.
+        check_finite: raise a ValueError on NaN / Inf inputs and when every (local) image or
+            every (gathered) text embedding is dead; ``False`` skips both.
 
     Examples:
         >>> import torch, torch.nn.functional as F
@@ -173,30 +199,49 @@ class SigLipLoss(nn.Module):
         output_dict: bool = False,
     ) -> torch.Tensor | dict[str, torch.Tensor]:
         """Return the loss (or ``{"contrastive_loss": loss}``) of the pairs ``(image[i], text[i])``."""
-        images, texts = _prepare(image_features, text_features, logit_scale, logit_bias, self.nonneg, self.check_finite)
+        _check_inputs(image_features, text_features, logit_scale, logit_bias, self.check_finite)
         rank, world_size = _rank_and_world_size(self.rank, self.world_size)
+        with autocast_disabled(image_features.device.type):
+            loss = self._loss(image_features, text_features, logit_scale, logit_bias, rank, world_size)
+        return {"contrastive_loss": loss} if output_dict else loss
+
+    def _loss(self, image_features, text_features, logit_scale, logit_bias, rank, world_size):
+        images, texts, logit_scale, logit_bias = _prepare(
+            image_features, text_features, logit_scale, logit_bias, self.nonneg
+        )
         batch_size = images.shape[0]
         all_texts = distributed.gather_with_grad(texts) if world_size > 1 else texts
+        if self.check_finite:
+            check_not_all_dead(images, "image_features", self.nonneg)
+            check_not_all_dead(all_texts, "text_features", self.nonneg)
         offset = rank * batch_size if world_size > 1 else 0
         bias = 0.0 if logit_bias is None else logit_bias
         logits = logit_scale * images @ all_texts.T + bias
         positives = logit_scale * (images * all_texts[offset : offset + batch_size]).sum(dim=1) + bias
         # Every pair as a negative, then the positives corrected: log s(x) - log s(-x) = x.
-        loss = -(F.logsigmoid(-logits).sum() + positives.sum()) / batch_size
-        return {"contrastive_loss": loss} if output_dict else loss
+        return -(F.logsigmoid(-logits).sum() + positives.sum()) / batch_size
 
     def extra_repr(self) -> str:
         return f"nonneg={self.nonneg!r}"
 
 
-def _prepare(image_features, text_features, logit_scale, logit_bias, mode, check_finite):
+def _check_inputs(image_features, text_features, logit_scale, logit_bias, check_finite):
     check_pair(image_features, text_features, ("image_features", "text_features"), check_finite)
     check_scalar_tensor(logit_scale, "logit_scale", check_finite)
     if logit_bias is not None:
         check_scalar_tensor(logit_bias, "logit_bias", check_finite)
-    if mode is None:
-        return image_features, text_features
-    return nonneg_normalize(image_features, mode), nonneg_normalize(text_features, mode)
+
+
+def _prepare(image_features, text_features, logit_scale, logit_bias, mode):
+    """Everything in the compute dtype (float32 for 16-bit inputs); features mapped and normalised."""
+    images, texts = to_compute_dtype(image_features), to_compute_dtype(text_features)
+    if isinstance(logit_scale, torch.Tensor):
+        logit_scale = to_compute_dtype(logit_scale)
+    if isinstance(logit_bias, torch.Tensor):
+        logit_bias = to_compute_dtype(logit_bias)
+    if mode is not None:
+        images, texts = nonneg_normalize(images, mode), nonneg_normalize(texts, mode)
+    return images, texts, logit_scale, logit_bias
 
 
 def _rank_and_world_size(rank: int | None, world_size: int | None) -> tuple[int, int]:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ncl_ext._checks import check_features, check_nonneg_mode
+from ncl_ext.losses._precision import autocast_disabled, to_compute_dtype
 from ncl_ext.models.classifier import NonNegativeLinear
 from ncl_ext.nonneg import nonneg as apply_nonneg
 
@@ -80,11 +81,12 @@ class NonNegativeCrossEntropyLoss(nn.Module):
         return self.classifier.out_features
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
-        """Class scores ``(batch, num_classes)`` of ``features`` ``(batch, in_features)``."""
+        """Class scores ``(batch, num_classes)`` of ``features`` ``(batch, in_features)``, in float32 at least."""
         check_features(features, "features", self.check_finite)
         if features.shape[1] != self.in_features:
             raise ValueError(f"features must have {self.in_features} columns, got shape {tuple(features.shape)}")
-        return self.classifier(apply_nonneg(features, self.nonneg))
+        with autocast_disabled(features.device.type):
+            return self.classifier(apply_nonneg(to_compute_dtype(features), self.nonneg))
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of ``features`` ``(batch, in_features)`` against int ``labels`` ``(batch,)``."""
@@ -95,7 +97,8 @@ class NonNegativeCrossEntropyLoss(nn.Module):
             raise ValueError(f"labels has {labels.shape[0]} entries but features has {features.shape[0]} rows")
         if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
             raise ValueError(f"labels must be in [0, num_classes={self.num_classes})")
-        return F.cross_entropy(logits, labels.long(), label_smoothing=self.label_smoothing)
+        with autocast_disabled(logits.device.type):
+            return F.cross_entropy(logits, labels.long(), label_smoothing=self.label_smoothing)
 
     def extra_repr(self) -> str:
         return (

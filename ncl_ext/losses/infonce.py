@@ -12,15 +12,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ncl_ext.distributed import gather_with_grad, get_rank
 from ncl_ext._checks import (
     check_chunk_size,
     check_nonneg_mode,
     check_pair,
     check_positive,
 )
+from ncl_ext.distributed import gather_with_grad, get_rank
 from ncl_ext.losses._logsumexp import masked_logsumexp
-from ncl_ext.losses._normalize import nonneg_normalize
+from ncl_ext.losses._normalize import check_not_all_dead, nonneg_normalize
+from ncl_ext.losses._precision import autocast_disabled, to_compute_dtype
 
 
 class InfoNCELoss(nn.Module):
@@ -34,9 +35,19 @@ class InfoNCELoss(nn.Module):
 
     (the denominator has ``2N - 1`` terms: the positive and the negatives). This is the value
     and gradient of ``lightly.loss.NTXentLoss(temperature)``; ``nonneg="relu"`` gives exactly
-    lightly's loss on ``relu(z1), relu(z2)``. A row shorter than ``1e-6`` (a sample whose units
-    are all dead after ReLU) is divided by ``1e-6`` instead of its norm, so it stays the zero
-    vector and the loss and gradients stay finite.
+    lightly's loss on ``relu(z1), relu(z2)``.
+
+    Dead rows. A row whose norm after the map is below ``1e-6`` (a sample whose units are all
+    dead after ReLU) becomes the zero vector: its similarities are 0 and it receives **no
+    gradient**, even with ``rep_relu`` (the normalisation has no direction to follow at 0; its
+    ``1 / eps`` Jacobian would blow the gradient up instead). Live rows get lightly's values
+    and gradients. :func:`ncl_ext.losses._normalize.dead_row_fraction` measures the share of
+    dead rows; a batch with no live row (over all ranks with ``gather_distributed``) raises a
+    ValueError: its loss is a constant, with zero gradient.
+
+    Precision. Float16 / bfloat16 inputs, and inputs met inside ``torch.autocast``, are
+    computed in float32 with autocast disabled: the loss is float32 and the gradients with
+    respect to ``z1, z2`` arrive in their own dtype. Float64 stays float64.
 
     The ``2N x 2N`` similarity matrix is built by one matrix product of the stacked views;
     the positives are row-wise dot products and the softmax normaliser is folded into the
@@ -54,7 +65,9 @@ class InfoNCELoss(nn.Module):
         chunk_size: ``None`` builds the whole ``2N x 2N`` matrix. An int computes it
             ``chunk_size`` anchor rows at a time and recomputes the strips in backward, so memory
             is ``O(chunk_size * 2N)`` instead of ``O(4N^2)``; values and gradients are the same.
-        check_finite: raise a ValueError on NaN / Inf inputs (one extra pass over ``z1, z2``).
+        check_finite: raise a ValueError on NaN / Inf inputs and on a batch with no live row.
+            Each check is one pass over the features and one value read back by the host;
+            ``False`` skips both (a NaN input then gives a NaN loss).
 
     Examples:
         >>> import torch
@@ -86,6 +99,10 @@ class InfoNCELoss(nn.Module):
     def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
         """Return the mean NT-Xent loss of the pairs ``(z1[i], z2[i])``; both ``(N, dim)``."""
         check_pair(z1, z2, ("z1", "z2"), self.check_finite)
+        with autocast_disabled(z1.device.type):
+            return self._loss(to_compute_dtype(z1), to_compute_dtype(z2))
+
+    def _loss(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
         batch_size = z1.shape[0]
         views = nonneg_normalize(torch.cat([z1, z2]), self.nonneg)
         # Anchor a (a local row) is excluded from its own denominator at column a + offset.
@@ -93,6 +110,8 @@ class InfoNCELoss(nn.Module):
             keys, offset = gather_with_grad(views), get_rank() * 2 * batch_size
         else:
             keys, offset = views, 0
+        if self.check_finite:
+            check_not_all_dead(keys, "z1 and z2", self.nonneg)
         log_denominators = masked_logsumexp(views, keys, 1 / self.temperature, offset, self.chunk_size)
         # Both anchors of a pair share the same positive similarity.
         first, second = views.view(2, batch_size, -1).unbind()

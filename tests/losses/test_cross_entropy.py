@@ -153,3 +153,16 @@ def test_bad_inputs_name_the_argument(features, labels, argument):
 def test_bad_arguments_name_the_argument(kwargs, argument):
     with pytest.raises(ValueError, match=argument):
         NonNegativeCrossEntropyLoss(**{"in_features": 6, "num_classes": 3, **kwargs})
+
+
+def test_half_precision_features_are_scored_in_float32():
+    loss_fn = NonNegativeCrossEntropyLoss(16, 5, nonneg="relu", nonneg_weights=True)
+    features = torch.randn(32, 16, generator=torch.Generator().manual_seed(3))
+    labels = torch.randint(0, 5, (32,), generator=torch.Generator().manual_seed(4))
+    half = features.to(torch.bfloat16).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = loss_fn(half, labels)
+    assert loss.dtype == torch.float32
+    assert float(loss) == pytest.approx(float(loss_fn(half.detach().float(), labels)), rel=1e-6)
+    loss.backward()
+    assert half.grad.dtype == torch.bfloat16

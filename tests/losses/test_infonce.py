@@ -130,23 +130,136 @@ def test_gather_distributed_in_one_process_is_the_plain_loss():
     assert InfoNCELoss(gather_distributed=True)(z1, z2).item() == pytest.approx(InfoNCELoss()(z1, z2).item())
 
 
+def gelu_derivative(x):
+    """Phi(x) + x phi(x), the gradient rep_relu passes back."""
+    return 0.5 * (1 + torch.erf(x / math.sqrt(2))) + x * torch.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+
+
 @pytest.mark.parametrize("mode", ["relu", "rep_relu"])
 @pytest.mark.parametrize("chunk_size", [None, 3])
-def test_all_dead_batch_gives_finite_loss_and_gradients(mode, chunk_size):
+def test_all_dead_batch_raises(mode, chunk_size):
     z1, z2 = pair(8, 6)
     z1, z2 = -z1.abs() - 0.1, -z2.abs() - 0.1  # every unit dead after ReLU
-    loss, grad1, grad2 = loss_and_grads(InfoNCELoss(0.2, nonneg=mode, chunk_size=chunk_size), z1, z2)
-    # all similarities are 0: each anchor's softmax is uniform over 2N - 1 = 15 entries
+    with pytest.raises(ValueError, match="z1 and z2 is dead"):
+        InfoNCELoss(0.2, nonneg=mode, chunk_size=chunk_size)(z1, z2)
+    # without the check: all similarities are 0, the softmax is uniform over 2N - 1 = 15 entries
+    unchecked = InfoNCELoss(0.2, nonneg=mode, chunk_size=chunk_size, check_finite=False)
+    loss, grad1, grad2 = loss_and_grads(unchecked, z1, z2)
     assert loss.item() == pytest.approx(math.log(15))
-    assert torch.isfinite(grad1).all() and torch.isfinite(grad2).all()
+    assert not grad1.any() and not grad2.any()  # which is why the check raises
 
 
-@pytest.mark.parametrize("mode", ["relu", "rep_relu"])
-def test_partly_dead_batch_gives_finite_gradients(mode):
+def test_batch_with_one_live_view_does_not_raise():
+    z1, z2 = pair(4, 6)
+    z1, z2 = -z1.abs() - 0.1, -z2.abs() - 0.1
+    z2[3, 0] = 1.0
+    assert torch.isfinite(InfoNCELoss(0.2, nonneg="relu")(z1, z2))
+
+
+def test_dead_row_gets_a_bounded_gradient_with_256_samples():
+    # One sample with every unit dead in a batch of 256: F.normalize's 1 / eps Jacobian gave it a
+    # gradient norm ~1e6 times the live rows' under rep_relu; it must stay within 10x their median.
+    z1, z2 = pair(256, 128, dtype=torch.float32, seed=8)
+    z1[0] = -z1[0].abs() - 0.1
+    for mode in ("rep_relu", "relu"):
+        _, grad1, grad2 = loss_and_grads(InfoNCELoss(0.2, nonneg=mode), z1, z2)
+        norms = torch.cat([grad1, grad2]).norm(dim=1)
+        assert norms[0] <= 10 * norms[1:].median(), mode
+        assert norms[1:].median() > 0
+
+
+@pytest.mark.parametrize("chunk_size", [None, 5])
+def test_dead_row_gets_no_gradient_and_live_rows_match_lightly(chunk_size):
+    z1, z2 = pair(16, 32, dtype=torch.float32, seed=9)
+    z1[0] = -z1[0].abs() - 0.1  # sample 0's first view: every unit dead
+    z2[5] = -z2[5].abs() - 0.1  # sample 5's second view too
+    dead = [0, 16 + 5]
+    relu_loss, *relu_grads = loss_and_grads(InfoNCELoss(0.2, nonneg="relu", chunk_size=chunk_size), z1, z2)
+    rep_loss, *rep_grads = loss_and_grads(InfoNCELoss(0.2, nonneg="rep_relu", chunk_size=chunk_size), z1, z2)
+    relu1, relu2 = F.relu(z1).requires_grad_(), F.relu(z2).requires_grad_()
+    reference = NTXentLoss(0.2)(relu1, relu2)  # a dead row is the zero vector there too
+    reference.backward()
+    reference_grad = torch.cat([relu1.grad, relu2.grad])
+    live = torch.ones(32, dtype=torch.bool)
+    live[dead] = False
+    for loss, grads, factor in ((relu_loss, relu_grads, (torch.cat([z1, z2]) > 0).float()),
+                                (rep_loss, rep_grads, gelu_derivative(torch.cat([z1, z2])))):
+        grad = torch.cat(grads)
+        assert loss.item() == pytest.approx(reference.item(), rel=1e-6)
+        torch.testing.assert_close(grad[live], (reference_grad * factor)[live], rtol=1e-5, atol=1e-7)
+        assert not grad[dead].any()
+        assert (grad[live].norm(dim=1) > 0).all()
+
+
+def test_row_below_the_norm_threshold_counts_as_dead():
     z1, z2 = pair(8, 6)
-    z1[0] = -z1[0].abs() - 0.1  # one sample with every unit dead
-    loss, grad1, grad2 = loss_and_grads(InfoNCELoss(0.2, nonneg=mode), z1, z2)
-    assert torch.isfinite(loss) and torch.isfinite(grad1).all() and torch.isfinite(grad2).all()
+    z1[2] = 1e-8 * z1[2].abs()  # live signs, norm far below 1e-6
+    zeroed = z1.clone()
+    zeroed[2] = 0.0
+    loss, grad1, _ = loss_and_grads(InfoNCELoss(0.2, nonneg="rep_relu"), z1, z2)
+    assert loss.item() == pytest.approx(ntxent(zeroed.numpy(), z2.numpy(), 0.2, "relu"), rel=1e-12)
+    assert not grad1[2].any()
+
+
+LOW_PRECISION = [torch.float16, torch.bfloat16]
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+@pytest.mark.parametrize("mode", [None, "relu"])
+@pytest.mark.parametrize("chunk_size", [None, 5])
+def test_low_precision_inputs_are_computed_in_float32(dtype, mode, chunk_size):
+    z1, z2 = pair(32, 64, dtype=torch.float32, seed=10)
+    low1, low2 = z1.to(dtype), z2.to(dtype)
+    loss, grad1, grad2 = loss_and_grads(InfoNCELoss(0.2, nonneg=mode, chunk_size=chunk_size), low1, low2)
+    assert loss.dtype == torch.float32
+    assert grad1.dtype == grad2.dtype == dtype  # gradients arrive in the inputs' dtype
+    # float32 arithmetic on the rounded inputs, and within 1e-2 of the float32 inputs' loss
+    rounded = ntxent(low1.double().numpy(), low2.double().numpy(), 0.2, mode)
+    assert loss.item() == pytest.approx(rounded, rel=1e-5)
+    assert loss.item() == pytest.approx(ntxent(z1.double().numpy(), z2.double().numpy(), 0.2, mode), rel=1e-2)
+    # gradients: lightly's in float64 on the rounded inputs, up to the rounding of the 16-bit result
+    nonneg = F.relu if mode else (lambda x: x)
+    reference = loss_and_grads(lambda a, b: NTXentLoss(0.2)(nonneg(a), nonneg(b)), low1.double(), low2.double())
+    for mine, theirs in zip((grad1, grad2), reference[1:], strict=True):
+        torch.testing.assert_close(mine.double(), theirs, rtol=1e-2, atol=1e-2 * theirs.abs().max().item())
+
+
+def autocast_devices():
+    cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+    return ["cpu", pytest.param("cuda", marks=cuda)]
+
+
+@pytest.mark.parametrize("device", autocast_devices())
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+def test_inside_autocast_the_loss_is_float32(device, dtype, seed_and_one_thread):
+    z1, z2 = pair(32, 64, dtype=torch.float32, seed=11)
+    z1, z2 = z1.to(device), z2.to(device)
+    encoder = torch.nn.Linear(64, 64).to(device)
+    loss_fn = InfoNCELoss(0.2, nonneg="relu", chunk_size=7)
+    with torch.autocast(device, dtype=dtype):
+        features = encoder(z1), encoder(z2)  # autocast makes these 16-bit
+        features[0].retain_grad()
+        loss = loss_fn(*features)
+        # float32 features met inside autocast are not demoted to 16-bit matrix products
+        exact = loss_fn(z1, z2)
+    assert features[0].dtype == dtype and loss.dtype == exact.dtype == torch.float32
+    rounded = ntxent(*(f.detach().double().cpu().numpy() for f in features), 0.2, "relu")
+    assert loss.item() == pytest.approx(rounded, rel=1e-5)
+    full = ntxent(z1.double().cpu().numpy(), z2.double().cpu().numpy(), 0.2, "relu")
+    assert exact.item() == pytest.approx(full, rel=1e-5)
+    loss.backward()
+    assert features[0].grad.dtype == dtype and encoder.weight.grad.dtype == torch.float32
+
+
+@pytest.mark.parametrize("chunk_size", [None, 7])
+def test_backward_inside_autocast_stays_float32(chunk_size):
+    z1, z2 = pair(32, 64, dtype=torch.float32, seed=12)
+    leaves = z1.clone().requires_grad_(), z2.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        InfoNCELoss(0.2, nonneg="relu", chunk_size=chunk_size)(*leaves).backward()
+    reference = loss_and_grads(lambda a, b: NTXentLoss(0.2)(F.relu(a), F.relu(b)), z1.double(), z2.double())
+    for leaf, theirs in zip(leaves, reference[1:], strict=True):
+        torch.testing.assert_close(leaf.grad.double(), theirs, rtol=1e-4, atol=1e-7)
 
 
 @pytest.mark.parametrize(
