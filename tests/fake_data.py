@@ -53,3 +53,35 @@ def write_png_tree(root, splits, classes, per_class=1, size=(10, 12)):
             for index in range(per_class):
                 pixels = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
                 Image.fromarray(pixels).save(root / split / name / f"{index}.png")
+
+
+def python2_cifar_pickle(content):
+    """``content`` (a dict of str keys to uint8 2-D arrays, lists of ints or strs, strs, ints) pickled as the
+    published CIFAR batches are: protocol 2 written by Python 2 with numpy 1.x, i.e. strings as byte strings
+    (SHORT_BINSTRING / BINSTRING) and arrays through ``numpy.core.multiarray._reconstruct``."""
+    import struct
+
+    def string(text):
+        data = text.encode("latin1") if isinstance(text, str) else bytes(text)
+        return (b"U" + bytes([len(data)]) if len(data) < 256 else b"T" + struct.pack("<I", len(data))) + data
+
+    def integer(value):
+        return b"K" + bytes([value]) if 0 <= value < 256 else b"J" + struct.pack("<i", value)
+
+    def value(item):
+        if isinstance(item, np.ndarray):
+            assert item.dtype == np.uint8 and item.ndim == 2
+            return (
+                b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n" + integer(0) + b"\x85" + string("b")
+                + b"\x87R("  # _reconstruct(ndarray, (0,), 'b'), then its state:
+                + integer(1) + integer(item.shape[0]) + integer(item.shape[1]) + b"\x86"  # version 1, shape
+                + b"cnumpy\ndtype\n" + string("u1") + integer(0) + integer(1) + b"\x87R("  # dtype('u1', 0, 1)
+                + integer(3) + string("|") + b"NNN" + integer(-1) + integer(-1) + integer(0) + b"tb"  # dtype state
+                + b"\x89" + string(item.tobytes()) + b"tb"  # not Fortran order, the raw bytes
+            )
+        if isinstance(item, list):
+            return b"](" + b"".join(value(element) for element in item) + b"e"
+        return integer(item) if isinstance(item, int) else string(item)
+
+    body = b"".join(string(key) + value(item) for key, item in content.items())
+    return b"\x80\x02}(" + body + b"u."

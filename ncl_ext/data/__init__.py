@@ -1,8 +1,14 @@
 """Image data for the vision recipes: datasets, loaders and augmentations.
 
 - :mod:`ncl_ext.data.images`: scikit-learn digits (offline default), CIFAR-10/100 from
-  their python batches, ImageNet-100 and any ``ImageFolder`` tree; device-resident
-  augmented batches (:class:`ResidentBatches`) with exact resume.
+  their python batches (read with a restricted unpickler), ImageNet-100 and any
+  ``ImageFolder`` tree (decoded once and kept resident when it fits a memory budget,
+  :func:`decode_image_folder`); device-resident augmented batches (:class:`ResidentBatches`)
+  with exact resume;
+- :mod:`ncl_ext.data.image_data`: :class:`~ncl_ext.data.image_data.ImageData`, the training
+  and evaluation batches the image recipes read;
+- :mod:`ncl_ext.data.image_text`, :mod:`ncl_ext.data.text_pairs`, :mod:`ncl_ext.data.graphs`:
+  image-caption pairs, sentence pairs, graphs.
 - :mod:`ncl_ext.data.augment`: SimCLR augmentations, per image (torchvision v2) and
   batched on the device (:class:`BatchAugmentation`).
 - :mod:`ncl_ext.data.imagenet100`: the standard ImageNet-100 class list.
@@ -24,6 +30,8 @@ from ncl_ext.data.augment import (
     AugmentationParams,
     BatchAugmentation,
     TwoViews,
+    blur_kernel_size,
+    decode_transform,
     digits_batch_augmentation,
     eval_transform,
     normalize_images,
@@ -37,6 +45,7 @@ from ncl_ext.data.images import (
     DatasetSplits,
     ResidentBatches,
     ResidentImages,
+    decode_image_folder,
     load_cifar,
     load_dataset,
     load_digits,
@@ -59,6 +68,9 @@ __all__ = [
     "ResidentBatches",
     "ResidentImages",
     "TwoViews",
+    "blur_kernel_size",
+    "decode_image_folder",
+    "decode_transform",
     "digits_batch_augmentation",
     "eval_transform",
     "load_cifar",

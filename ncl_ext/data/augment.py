@@ -14,7 +14,9 @@ Two implementations:
   explicit ``torch.Generator``. With the dataset resident on the GPU (the airbench
   idea) no loader worker can starve it, and a run is exactly reproducible and resumable.
   Presets: :func:`simclr_batch_augmentation`, :func:`supervised_batch_augmentation`,
-  :func:`digits_batch_augmentation`.
+  :func:`digits_batch_augmentation`. A batch makes no host-device synchronisation: its
+  random parameters travel to the GPU in one non-blocking copy from pinned memory, so the
+  host can queue the next steps while the GPU works.
 
 Examples:
     >>> import torch
@@ -27,6 +29,7 @@ Examples:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -45,6 +48,8 @@ __all__ = [
     "AugmentationParams",
     "BatchAugmentation",
     "TwoViews",
+    "blur_kernel_size",
+    "decode_transform",
     "digits_batch_augmentation",
     "eval_transform",
     "normalize_images",
@@ -96,8 +101,7 @@ def simclr_transform(
         v2.RandomGrayscale(p=0.2),
     ]
     if size >= 96 if blur is None else blur:
-        kernel = max(3, int(0.1 * size) // 2 * 2 + 1)
-        steps.append(v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=0.5))
+        steps.append(v2.RandomApply([v2.GaussianBlur(blur_kernel_size(size), sigma=(0.1, 2.0))], p=0.5))
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
     return v2.Compose(steps)
 
@@ -105,10 +109,7 @@ def simclr_transform(
 def eval_transform(
     size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
 ) -> Callable[[Any], torch.Tensor]:
-    """The deterministic evaluation transform: resize, centre crop, float, normalise.
-
-    For ``size >= 96`` the shorter side is resized to ``size * 256 / 224`` (224 -> 256)
-    before the centre crop, as in ImageNet evaluation; smaller sizes resize to ``size``.
+    """The deterministic evaluation transform: :func:`decode_transform` (resize, centre crop), float, normalise.
 
     Examples:
         >>> from PIL import Image
@@ -117,17 +118,30 @@ def eval_transform(
     """
     from torchvision.transforms import v2
 
+    return v2.Compose(
+        [decode_transform(size), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+    )
+
+
+def decode_transform(size: int) -> Callable[[Any], torch.Tensor]:
+    """An image (PIL or tensor) as a ``uint8`` tensor ``(C, size, size)``: resize, then centre crop.
+
+    For ``size >= 96`` the shorter side is resized to ``size * 256 / 224`` (224 -> 256)
+    before the centre crop, as in ImageNet evaluation; smaller sizes resize to ``size``.
+    This is how :func:`eval_transform` sees an image, and how an image folder is stored
+    when it is kept in memory (:func:`ncl_ext.data.images.decode_image_folder`).
+
+    Examples:
+        >>> from PIL import Image
+        >>> image = decode_transform(224)(Image.new("RGB", (300, 400)))
+        >>> image.shape, image.dtype
+        (torch.Size([3, 224, 224]), torch.uint8)
+    """
+    from torchvision.transforms import v2
+
     size = _check_size(size)
     resize = round(size * 256 / 224) if size >= 96 else size
-    return v2.Compose(
-        [
-            v2.ToImage(),
-            v2.Resize(resize, antialias=True),
-            v2.CenterCrop(size),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(list(mean), list(std)),
-        ]
-    )
+    return v2.Compose([v2.ToImage(), v2.Resize(resize, antialias=True), v2.CenterCrop(size)])
 
 
 class TwoViews:
@@ -152,6 +166,16 @@ class TwoViews:
         return f"TwoViews({self.transform!r})"
 
 
+def blur_kernel_size(size: int) -> int:
+    """SimCLR's Gaussian-blur kernel for ``size``-pixel images: the odd size nearest below 10% of the side (at least 3).
+
+    Examples:
+        >>> blur_kernel_size(224), blur_kernel_size(96), blur_kernel_size(32)
+        (23, 9, 3)
+    """
+    return max(3, int(0.1 * _check_size(size)) // 2 * 2 + 1)
+
+
 def _check_size(size: int) -> int:
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"size={size!r}; expected a positive int (output side in pixels)")
@@ -168,6 +192,8 @@ class AugmentationParams(NamedTuple):
     jitter: torch.Tensor  #: ``(N, 4)`` brightness, contrast, saturation factors and hue shift
     jitter_mask: torch.Tensor  #: ``(N,)`` bool: colour jitter applied
     grayscale_mask: torch.Tensor  #: ``(N,)`` bool: converted to grayscale
+    blur_sigma: torch.Tensor | None = None  #: ``(N,)`` Gaussian-blur sigmas (``None``: no blur)
+    blur_mask: torch.Tensor | None = None  #: ``(N,)`` bool: blurred
 
 
 def normalize_images(
@@ -189,9 +215,23 @@ def normalize_images(
 
 
 def _normalize(pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    mean_t = torch.tensor(mean, device=pixels.device, dtype=pixels.dtype).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, device=pixels.device, dtype=pixels.dtype).view(1, -1, 1, 1)
+    mean_t = _constant(tuple(mean), pixels.device, pixels.dtype).view(1, -1, 1, 1)
+    std_t = _constant(tuple(std), pixels.device, pixels.dtype).view(1, -1, 1, 1)
     return (pixels - mean_t) / std_t
+
+
+@functools.lru_cache(maxsize=64)
+def _constant(values: tuple, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``values`` as a tensor on ``device``, made once: a new one per batch would be a blocking host-to-device copy."""
+    with torch.inference_mode(False):
+        return torch.tensor(values, dtype=dtype).to(device)
+
+
+def _host_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a CPU tensor to ``device`` without making the host wait for the GPU (pinned, non-blocking)."""
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 def _check_uint8_images(images: Any, channels: int) -> None:
@@ -215,13 +255,15 @@ class BatchAugmentation:
     affine map, applied with a single ``grid_sample`` (bilinear, zero padding) -- then,
     with probability ``jitter_p``, brightness, contrast, saturation and hue jitter (in
     that fixed order, each matching ``torchvision.transforms.v2.functional.adjust_*``),
-    then grayscale with probability ``grayscale_p``, then normalisation.
+    then grayscale with probability ``grayscale_p``, then, with probability ``blur_p``, a
+    Gaussian blur (``v2.functional.gaussian_blur``: reflect padding, sigma uniform in
+    ``blur_sigma``), then normalisation.
 
-    Differences from the per-image pipeline: the jitter order is fixed rather than
-    shuffled per image, the crop is sampled once (an out-of-range side is clipped to
-    the image instead of re-drawn), there is no blur (meant for small images), and
-    rotation assumes square images. Colour operations other than brightness and
-    contrast need 3 channels and are skipped on 1-channel images.
+    Differences from the per-image pipeline (:func:`simclr_transform`): the jitter order
+    is fixed rather than shuffled per image, the crop is sampled once (an out-of-range
+    side is clipped to the image instead of re-drawn), pixels stay float between the
+    steps (no rounding to uint8), and rotation assumes square images. Colour operations
+    other than brightness and contrast need 3 channels and are skipped on 1-channel images.
 
     Args:
         size: output side in pixels; ``None`` keeps the input size.
@@ -232,6 +274,9 @@ class BatchAugmentation:
         jitter: maximal brightness, contrast, saturation (factors in ``[1-j, 1+j]``) and
             hue shift (in ``[-j, j]``, at most 0.5).
         jitter_p, grayscale_p: probabilities of colour jitter and of grayscale.
+        blur_p: probability of a Gaussian blur (0: never, and no random numbers are drawn for it).
+        blur_sigma: the range of the blur's standard deviation, in pixels.
+        blur_kernel: the blur's (odd) kernel size; ``None``: :func:`blur_kernel_size` of the output side.
         mean, std: normalisation, one value per channel.
 
     Examples:
@@ -251,6 +296,9 @@ class BatchAugmentation:
     jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)
     jitter_p: float = 0.8
     grayscale_p: float = 0.2
+    blur_p: float = 0.0
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    blur_kernel: int | None = None
     mean: tuple[float, ...] = CIFAR10_MEAN
     std: tuple[float, ...] = CIFAR10_STD
 
@@ -266,7 +314,7 @@ class BatchAugmentation:
                 f"translate={self.translate!r}, rotation={self.rotation!r}; "
                 "expected 0 <= translate <= 1 and 0 <= rotation <= 180"
             )
-        for name in ("flip_p", "jitter_p", "grayscale_p"):
+        for name in ("flip_p", "jitter_p", "grayscale_p", "blur_p"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name}={getattr(self, name)!r}; expected a probability in [0, 1]")
         if len(self.jitter) != 4 or min(self.jitter) < 0 or max(self.jitter[:3]) > 1 or self.jitter[3] > 0.5:
@@ -274,6 +322,13 @@ class BatchAugmentation:
                 f"jitter={self.jitter!r}; expected (brightness, contrast, saturation, hue) with the first three "
                 "in [0, 1] and hue in [0, 0.5]"
             )
+        if not 0 < self.blur_sigma[0] <= self.blur_sigma[1]:
+            raise ValueError(f"blur_sigma={self.blur_sigma!r}; expected 0 < low <= high (pixels)")
+        if self.blur_kernel is not None and (
+            isinstance(self.blur_kernel, bool) or not isinstance(self.blur_kernel, int)
+            or self.blur_kernel < 3 or self.blur_kernel % 2 == 0
+        ):
+            raise ValueError(f"blur_kernel={self.blur_kernel!r}; expected an odd int >= 3, or None")
         if len(self.mean) != len(self.std) or not self.mean or min(self.std) <= 0:
             raise ValueError(f"mean={self.mean!r}, std={self.std!r}; expected one value per channel and std > 0")
 
@@ -321,33 +376,78 @@ class BatchAugmentation:
             ],
             dim=1,
         )
-        return AugmentationParams(theta, jitter, u[:, 8] < self.jitter_p, u[:, 9] < self.grayscale_p)
+        params = AugmentationParams(theta, jitter, u[:, 8] < self.jitter_p, u[:, 9] < self.grayscale_p)
+        if self.blur_p > 0:  # drawn after the others, so that blur_p=0 leaves their stream unchanged
+            blur = torch.rand(batch_size, 2, generator=generator, device=generator.device).cpu()
+            low, high = self.blur_sigma
+            params = params._replace(blur_sigma=low + blur[:, 1] * (high - low), blur_mask=blur[:, 0] < self.blur_p)
+        return params
 
     def apply(self, images: torch.Tensor, params: AugmentationParams) -> torch.Tensor:
         """Apply ``params`` to ``images`` (``uint8``, ``(N, C, H, W)``); returns normalised float32."""
         _check_uint8_images(images, len(self.mean))
         if len(params.theta) != len(images):
             raise ValueError(f"params are for {len(params.theta)} images but {len(images)} images were given")
-        device = images.device
         batch, channels, height, width = images.shape
         out_height, out_width = (self.size, self.size) if self.size is not None else (height, width)
+        params = _params_to(params, images.device)
         pixels = images.float().div_(255)
-        grid = F.affine_grid(params.theta.to(device), [batch, channels, out_height, out_width], align_corners=False)
+        grid = F.affine_grid(params.theta, [batch, channels, out_height, out_width], align_corners=False)
         pixels = F.grid_sample(pixels, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
-        jitter_mask = params.jitter_mask.to(device).view(-1, 1, 1, 1)
         if self.jitter_p > 0 and any(self.jitter):
-            jittered = _color_jitter(pixels, params.jitter.to(device), shift_hue=self.jitter[3] > 0)
-            pixels = torch.where(jitter_mask, jittered, pixels)
+            jittered = _color_jitter(pixels, params.jitter, shift_hue=self.jitter[3] > 0)
+            pixels = torch.where(params.jitter_mask.view(-1, 1, 1, 1), jittered, pixels)
         if self.grayscale_p > 0 and channels == 3:
             gray = _grayscale(pixels).expand_as(pixels)
-            pixels = torch.where(params.grayscale_mask.to(device).view(-1, 1, 1, 1), gray, pixels)
+            pixels = torch.where(params.grayscale_mask.view(-1, 1, 1, 1), gray, pixels)
+        if params.blur_sigma is not None:
+            kernel = self.blur_kernel or blur_kernel_size(min(out_height, out_width))
+            blurred = _gaussian_blur(pixels, params.blur_sigma, kernel)
+            pixels = torch.where(params.blur_mask.view(-1, 1, 1, 1), blurred, pixels)
         return _normalize(pixels, self.mean, self.std)
+
+
+def _params_to(params: AugmentationParams, device: torch.device) -> AugmentationParams:
+    """``params`` on ``device``, packed into one float tensor so that they cross to a GPU in a single copy."""
+    if params.theta.device == device:
+        return params
+    batch = len(params.theta)
+    blur = params.blur_sigma is not None
+    columns = [
+        params.theta.reshape(batch, 6), params.jitter, params.jitter_mask[:, None], params.grayscale_mask[:, None]
+    ]
+    if blur:
+        columns += [params.blur_sigma[:, None], params.blur_mask[:, None]]
+    packed = _host_to_device(torch.cat([column.float() for column in columns], dim=1), device)
+    theta, jitter, jitter_mask, grayscale_mask, *rest = packed.split([6, 4, 1, 1] + [1, 1] * blur, dim=1)
+    return AugmentationParams(
+        theta.reshape(batch, 2, 3), jitter, jitter_mask[:, 0] > 0.5, grayscale_mask[:, 0] > 0.5,
+        rest[0][:, 0] if blur else None, rest[1][:, 0] > 0.5 if blur else None,
+    )
+
+
+def _gaussian_blur(pixels: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """Blur each image ``(N, C, H, W)`` with its own ``sigma`` ``(N,)``, as ``v2.functional.gaussian_blur`` does.
+
+    The kernel is the normalised ``exp(-x^2 / (2 sigma^2))`` at ``x = -(k-1)/2 .. (k-1)/2``, applied
+    separably (rows, then columns) on reflect-padded images.
+    """
+    batch, channels, height, width = pixels.shape
+    half = (kernel_size - 1) / 2
+    offsets = torch.linspace(-half, half, kernel_size, device=pixels.device, dtype=pixels.dtype)
+    weights = torch.exp(-0.5 * (offsets / sigma.to(pixels.dtype)[:, None]) ** 2)
+    weights = (weights / weights.sum(dim=1, keepdim=True)).repeat_interleave(channels, dim=0)  # (N * C, k)
+    pad = kernel_size // 2
+    planes = F.pad(pixels, (pad, pad, pad, pad), mode="reflect").reshape(1, batch * channels, height + 2 * pad, -1)
+    planes = F.conv2d(planes, weights.view(-1, 1, 1, kernel_size), groups=batch * channels)
+    planes = F.conv2d(planes, weights.view(-1, 1, kernel_size, 1), groups=batch * channels)
+    return planes.view(batch, channels, height, width)
 
 
 def _grayscale(pixels: torch.Tensor) -> torch.Tensor:
     """``(N, 3, H, W)`` -> ``(N, 1, H, W)`` luma."""
-    weights = torch.tensor(_LUMA, device=pixels.device, dtype=pixels.dtype).view(1, 3, 1, 1)
+    weights = _constant(_LUMA, pixels.device, pixels.dtype).view(1, 3, 1, 1)
     return (pixels * weights).sum(dim=1, keepdim=True)
 
 
@@ -391,7 +491,7 @@ def _shift_hue(pixels: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     rising = value * (1 - saturation * (1 - fraction))
     # (r, g, b) for sextants 0..5: (v,t,p) (q,v,p) (p,v,t) (p,q,v) (t,p,v) (v,p,q)
     table = torch.stack([value, rising, low, falling], dim=1)  # t = rising, q = falling, p = low
-    order = torch.tensor([[0, 1, 2], [3, 0, 2], [2, 0, 1], [2, 3, 0], [1, 2, 0], [0, 2, 3]], device=pixels.device)
+    order = _constant(((0, 1, 2), (3, 0, 2), (2, 0, 1), (2, 3, 0), (1, 2, 0), (0, 2, 3)), pixels.device, torch.int64)
     picks = order[index].permute(0, 3, 1, 2)  # (N, 3, H, W) indices into table
     return torch.gather(table, 1, picks)
 
@@ -399,9 +499,14 @@ def _shift_hue(pixels: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------ presets
 
 
-def simclr_batch_augmentation(size: int, mean: Sequence[float], std: Sequence[float]) -> BatchAugmentation:
-    """SimCLR's small-image augmentation (CIFAR, 32 px): crop scale (0.08, 1), flip, jitter p=0.8, grayscale p=0.2."""
-    return BatchAugmentation(size=size, mean=tuple(mean), std=tuple(std))
+def simclr_batch_augmentation(
+    size: int, mean: Sequence[float], std: Sequence[float], blur: bool | None = None
+) -> BatchAugmentation:
+    """SimCLR's augmentation of :func:`simclr_transform`, batched: crop scale (0.08, 1), flip, jitter p=0.8,
+    grayscale p=0.2, and Gaussian blur p=0.5 (sigma 0.1..2, kernel :func:`blur_kernel_size`) by default only
+    when ``size >= 96``."""
+    with_blur = size >= 96 if blur is None else blur
+    return BatchAugmentation(size=size, mean=tuple(mean), std=tuple(std), blur_p=0.5 if with_blur else 0.0)
 
 
 def supervised_batch_augmentation(

@@ -3,8 +3,11 @@
 The image recipes (self-supervised and supervised) read their data through
 :class:`ImageData`: small datasets (digits, CIFAR) live on the device as uint8 tensors and
 are augmented there in batches (:class:`~ncl_ext.data.images.ResidentBatches`), so the
-loader never starves a GPU; folder datasets (ImageNet-100, ImageFolder) are decoded and
-augmented per image by DataLoader workers.
+loader never starves a GPU. Folder datasets (ImageNet-100, ImageFolder) join them when
+their decoded images fit in ``resident_budget_mb`` (``N * 3 * size * size`` bytes for both
+splits; default :data:`DEFAULT_RESIDENT_BUDGET_MB`): they are decoded once at the training
+size (:func:`~ncl_ext.data.images.decode_image_folder`) and then served like CIFAR. Larger
+folders are decoded and augmented per image by DataLoader workers in every epoch.
 
 Examples:
     >>> from types import SimpleNamespace
@@ -24,8 +27,13 @@ from typing import Any
 import torch
 
 from ncl_ext.data import augment, images
+from ncl_ext.log import logger
 
-__all__ = ["ImageData"]
+__all__ = ["DEFAULT_RESIDENT_BUDGET_MB", "ImageData"]
+
+#: Memory (MiB) a folder dataset's decoded images may take to be kept resident, when the
+#: config has no ``resident_budget_mb``.
+DEFAULT_RESIDENT_BUDGET_MB = 4096
 
 
 class ImageData:
@@ -33,7 +41,9 @@ class ImageData:
 
     Args:
         config: the recipe's settings: ``dataset``, ``data_root``, ``download``, ``seed``,
-            ``image_size`` (``None``: the dataset's), ``batch_size``, ``eval_batch_size``, ``num_workers``.
+            ``image_size`` (``None``: the dataset's), ``batch_size``, ``eval_batch_size``, ``num_workers``,
+            and optionally ``resident_budget_mb`` (MiB a folder dataset may take in memory to be
+            kept resident; 0 always streams it with a DataLoader).
         accelerator: an ``accelerate.Accelerator`` (its device holds resident datasets and
             receives the batches; each process gets its shard of the training batches);
             ``None``: one process on the CPU.
@@ -48,6 +58,15 @@ class ImageData:
         load = dict(download=config.download, seed=config.seed)
         splits = images.load_dataset(config.dataset, config.data_root, **load)
         self.resident = isinstance(splits.train, images.ResidentImages)
+        if not self.resident and self._fits_in_memory(splits):
+            size, workers = config.image_size or 224, config.num_workers
+            splits = images.DatasetSplits(
+                *(
+                    images.decode_image_folder(split, size, workers, desc=f"decode {name}")
+                    for name, split in zip(("train", "test"), splits)
+                )
+            )
+            self.resident = True
         if self.resident:
             self.train, self.test = splits.train.to(self.device), splits.test.to(self.device)
             self.channels = self.train.images.shape[1]
@@ -66,6 +85,23 @@ class ImageData:
                 config.dataset, config.data_root, train_transform=plain, test_transform=plain, **load
             )
         self.classes = list(getattr(splits.train, "classes", []))
+
+    def _fits_in_memory(self, splits: images.DatasetSplits) -> bool:
+        """Whether a folder dataset's decoded images fit the memory budget (logged either way)."""
+        config = self.config
+        budget_mb = getattr(config, "resident_budget_mb", DEFAULT_RESIDENT_BUDGET_MB)
+        if budget_mb is None or isinstance(budget_mb, bool) or not budget_mb >= 0:
+            raise ValueError(f"resident_budget_mb={budget_mb!r}; expected a number of MiB >= 0")
+        size = config.image_size or 224
+        count = len(splits.train) + len(splits.test)
+        needed_mb = count * 3 * size * size / 2**20
+        fits = needed_mb <= budget_mb
+        logger.info(
+            f"{config.dataset}: {count} images take {needed_mb:.0f} MiB decoded at {size} px; "
+            + (f"kept in memory on {self.device} (resident_budget_mb={budget_mb:g})" if fits else
+               f"over resident_budget_mb={budget_mb:g}, so read by DataLoader workers in every epoch")
+        )
+        return fits
 
     def training_batches(self, augmentation: Any = None) -> Any:
         """Augmented training batches: ``(view1, view2, labels)`` or ``(view, labels)``."""

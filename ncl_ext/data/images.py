@@ -5,9 +5,10 @@ Small datasets (scikit-learn's 8x8 digits, CIFAR-10/100) load as :class:`Residen
 accelerator whole. :class:`ResidentBatches` then serves augmented two-view batches
 straight from device memory (the airbench approach), reproducibly: the order of epoch
 ``e`` and the augmentation of step ``s`` depend only on ``(seed, e)`` and
-``(seed, e, s)``, so a run resumed at any step equals the uninterrupted run. Large
-datasets (ImageNet-100, any ``ImageFolder`` tree) load as torchvision datasets with
-per-image transforms, for an ordinary DataLoader.
+``(seed, e, s)``, so a run resumed at any step equals the uninterrupted run. Image
+folders (ImageNet-100, any ``ImageFolder`` tree) load as torchvision datasets, for an
+ordinary DataLoader with per-image transforms, or, when they fit in memory, are decoded
+once at the training size by :func:`decode_image_folder` into :class:`ResidentImages`.
 
 These are the benchmarks of Wang, Zhang, Guo, Wang, "Non-negative Contrastive
 Learning", ICLR 2024 (arXiv:2403.12459): CIFAR-10, CIFAR-100 and ImageNet-100; the
@@ -44,16 +45,22 @@ from ncl_ext.data.augment import (
     CIFAR10_STD,
     CIFAR100_MEAN,
     CIFAR100_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     BatchAugmentation,
+    _host_to_device,
+    decode_transform,
     normalize_images,
 )
 from ncl_ext.data.imagenet100 import IMAGENET100_WNIDS
+from ncl_ext.log import progress
 
 __all__ = [
     "DATASETS",
     "DatasetSplits",
     "ResidentBatches",
     "ResidentImages",
+    "decode_image_folder",
     "load_cifar",
     "load_dataset",
     "load_digits",
@@ -201,9 +208,13 @@ def load_cifar(root: PathLike, name: str = "cifar10", download: bool = False) ->
     itself). The files are read directly (no checksum, so a subset in the same format
     also loads); ``download=True`` fetches the archive with torchvision first.
 
+    The pickles are read with a restricted unpickler that accepts only what CIFAR batches
+    contain (numpy arrays, lists, strings, numbers), so a crafted file cannot run code.
+
     Raises:
         FileNotFoundError: files missing (the message gives the expected layout).
-        ValueError: unknown ``name`` or a file that is not a CIFAR python batch.
+        ValueError: unknown ``name``, a file that is not a CIFAR python batch, or one that
+            refers to anything else (e.g. a function to call), refused unread.
     """
     if name not in _CIFAR:
         raise ValueError(f"name={name!r}; expected 'cifar10' or 'cifar100'")
@@ -250,12 +261,56 @@ def load_cifar(root: PathLike, name: str = "cifar10", download: bool = False) ->
 def _read_pickle(path: Path, keys: Sequence[str], title: str) -> dict[str, Any]:
     try:
         with open(path, "rb") as file:
-            content = pickle.load(file, encoding="latin1")
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError) as error:
+            content = _CifarUnpickler(file, encoding="latin1").load()
+    except _ForbiddenGlobal as error:
+        raise ValueError(
+            f"{path} is not a {title} python batch: it refers to {error.args[0]}, which a CIFAR batch never needs "
+            "(only numpy arrays, lists, strings and numbers); refused without running it"
+        ) from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError, KeyError) as error:
         raise ValueError(f"{path} is not a {title} python batch (unreadable pickle: {error})") from None
     if not isinstance(content, dict) or any(key not in content for key in keys):
         raise ValueError(f"{path} is not a {title} python batch: expected a pickled dict with keys {list(keys)}")
     return content
+
+
+class _ForbiddenGlobal(pickle.UnpicklingError):
+    """A pickle asked for a global outside what CIFAR batches use."""
+
+
+def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
+    # Python 3 writes bytes into protocol-2 pickles as _codecs.encode(text, "latin1").
+    if encoding not in ("latin1", "latin-1"):
+        raise _ForbiddenGlobal(f"_codecs.encode with encoding {encoding!r}")
+    return text.encode("latin1")
+
+
+#: The only globals a CIFAR python batch refers to. The published files (Python 2, numpy 1.x)
+#: name ``numpy.core.multiarray._reconstruct``, ``numpy.ndarray`` and ``numpy.dtype``; copies
+#: re-saved by Python 3 with numpy 2 name ``numpy._core.multiarray._reconstruct`` and write
+#: their bytes through ``_codecs.encode(text, "latin1")``. Dicts, lists, strings and numbers
+#: are pickle opcodes, not globals.
+_CIFAR_GLOBALS: dict[tuple[str, str], Any] = {
+    ("numpy.core.multiarray", "_reconstruct"): np.ndarray((0,)).__reduce__()[0],
+    ("numpy._core.multiarray", "_reconstruct"): np.ndarray((0,)).__reduce__()[0],
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): _latin1_encode,
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles CIFAR python batches and nothing else: any other global is refused before it is looked up.
+
+    ``pickle.load`` would import and call whatever a file names (``os.system``, ``builtins.exec``, ...),
+    so a crafted ``batches.meta`` could run code; here it raises instead.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _CIFAR_GLOBALS[module, name]
+        except KeyError:
+            raise _ForbiddenGlobal(f"the global {module}.{name}") from None
 
 
 # ------------------------------------------------------------------ ImageFolder trees
@@ -349,6 +404,69 @@ def load_imagenet100(
     all 1,000 classes, only the 100 are used. Labels follow the sorted wnids.
     """
     return load_image_folder(root, train_transform, test_transform, classes=IMAGENET100_WNIDS)
+
+
+def decode_image_folder(
+    dataset: Any,
+    size: int,
+    num_workers: int = 0,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    desc: str = "decode images",
+) -> ResidentImages:
+    """Every image of an ``ImageFolder`` dataset, decoded once, as ``uint8`` ``(N, 3, size, size)`` ResidentImages.
+
+    Each image is read by the dataset's own loader (PIL, RGB) and shaped by
+    :func:`~ncl_ext.data.augment.decode_transform` (shorter side resized, centre crop), so
+    un-augmented batches of the result equal what :func:`~ncl_ext.data.augment.eval_transform`
+    makes of the files. Training views are then cropped from these ``size``-pixel images on
+    the device (:class:`ResidentBatches`), not from the full-resolution files. Images are
+    decoded by ``num_workers`` DataLoader workers (0: in this process), with a progress bar.
+    Memory: ``N * 3 * size * size`` bytes.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> from PIL import Image
+        >>> root = pathlib.Path(tempfile.mkdtemp())
+        >>> for split in ("train", "val"):
+        ...     (root / split / "cat").mkdir(parents=True)
+        ...     Image.new("RGB", (40, 30)).save(root / split / "cat" / "0.png")
+        >>> decode_image_folder(load_image_folder(root).train, size=16).images.shape
+        torch.Size([1, 3, 16, 16])
+    """
+    check_int(size, "size")
+    check_int(num_workers, "num_workers", minimum=0)
+    samples = list(getattr(dataset, "samples", ()))
+    if not samples or not callable(getattr(dataset, "loader", None)):
+        raise ValueError(f"dataset must be a non-empty torchvision ImageFolder, got {type(dataset).__name__}")
+    images = torch.empty(len(samples), 3, size, size, dtype=torch.uint8)
+    loader = torch.utils.data.DataLoader(
+        _DecodedImages(samples, dataset.loader, decode_transform(size)), batch_size=64, num_workers=num_workers
+    )
+    done = 0
+    with progress(desc=desc, total=len(samples), unit="image") as bar:
+        for batch in loader:
+            images[done : done + len(batch)] = batch
+            done += len(batch)
+            bar.update(len(batch))
+    labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
+    return ResidentImages(images, labels, list(dataset.classes), tuple(mean), tuple(std))
+
+
+class _DecodedImages(torch.utils.data.Dataset):
+    """The images of ``(path, label)`` samples, read by ``loader`` and shaped by ``transform`` (DataLoader workers)."""
+
+    def __init__(self, samples: Sequence[tuple[str, int]], loader: Callable[[str], Any], transform: Callable) -> None:
+        self.samples, self.loader, self.transform = samples, loader, transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        image = self.transform(self.loader(self.samples[index][0]))
+        if image.shape[0] != 3:
+            raise ValueError(f"{self.samples[index][0]}: decoded to {image.shape[0]} channels, expected 3 (RGB)")
+        return image
 
 
 def load_dataset(
@@ -451,7 +569,7 @@ class ResidentBatches:
         if not 0 <= start <= len(self):
             raise ValueError(f"start={start!r}; expected 0 <= start <= {len(self)} (batches per epoch)")
         order = torch.randperm(len(self.data), generator=torch.Generator().manual_seed(_mixed_seed(self.seed, epoch)))
-        order = order.to(self.data.images.device)
+        order = _host_to_device(order, self.data.images.device)
         global_batch = self.batch_size * self.world_size
         for step in range(start, len(self)):
             first = step * global_batch + self.rank * self.batch_size

@@ -39,6 +39,7 @@ def masked_logsumexp(
     scale: float = 1.0,
     excluded_offset: int | None = None,
     chunk_size: int | None = None,
+    unit_rows: bool = False,
 ) -> torch.Tensor:
     """Return ``lse[i] = log(sum_j exp(scale * queries[i] . keys[j]))`` for every query row.
 
@@ -51,6 +52,9 @@ def masked_logsumexp(
             row ``i`` (a sample's similarity with itself in NT-Xent).
         chunk_size: ``None`` computes the whole matrix at once and keeps it for backward;
             an int processes ``chunk_size`` query rows at a time and recomputes them in backward.
+        unit_rows: every row of ``queries`` and ``keys`` has norm at most 1 (L2-normalised
+            features), so ``scale`` bounds every logit: the shift is chosen without reading any
+            value back from the device (no host synchronisation).
 
     Examples:
         >>> q, k = torch.randn(4, 3), torch.randn(6, 3)
@@ -58,19 +62,19 @@ def masked_logsumexp(
         True
     """
     with autocast_disabled(queries.device.type):
-        return _MaskedLogSumExp.apply(queries, keys, scale, excluded_offset, chunk_size)
+        return _MaskedLogSumExp.apply(queries, keys, scale, excluded_offset, chunk_size, unit_rows)
 
 
 class _MaskedLogSumExp(torch.autograd.Function):
     """See :func:`masked_logsumexp`; first-order gradients only."""
 
     @staticmethod
-    def forward(ctx, queries, keys, scale, excluded_offset, chunk_size):
+    def forward(ctx, queries, keys, scale, excluded_offset, chunk_size, unit_rows):
         rows = queries.shape[0]
         step = rows if chunk_size is None else min(chunk_size, rows)
         strip = queries.new_empty(step, keys.shape[0])
         lse = queries.new_empty(rows)
-        bound = _logit_bound(queries, keys, scale)
+        bound = _logit_bound(queries, keys, scale, unit_rows)
         for start in range(0, rows, step):
             stop = min(start + step, rows)
             shift = None if bound is None else bound[start:stop]
@@ -122,18 +126,22 @@ class _MaskedLogSumExp(torch.autograd.Function):
                     queries[start:stop], keys, ctx.scale, start, ctx.excluded_offset, strip, lse[start:stop]
                 ).exp_()  # the softmax strip, recomputed
                 _accumulate(probs, weights[start:stop], queries, keys, grad_queries, grad_keys, start)
-        return grad_queries, None if ctx.keys_are_queries else grad_keys, None, None, None
+        return grad_queries, None if ctx.keys_are_queries else grad_keys, None, None, None, None
 
 
-def _logit_bound(queries, keys, scale):
+def _logit_bound(queries, keys, scale, unit_rows=False):
     """Per-row upper bounds on the logits, or ``None`` if shifting by them could underflow ``exp``.
 
     Logits lie in ``[-bound_i, bound_i]``, so ``exp(logit - bound_i) >= exp(-2 bound_i)``; the
-    bound is used when that stays a normal number with the dtype's precision to spare.
+    bound is used when that stays a normal number with the dtype's precision to spare. With
+    ``unit_rows`` the bound is ``scale`` itself, known without reading the features.
     """
-    bound = scale * queries.detach().norm(dim=1) * keys.detach().norm(dim=1).max()
     info = torch.finfo(queries.dtype)
-    if 2 * float(bound.max()) > -math.log(info.tiny) + math.log(info.eps):
+    limit = -math.log(info.tiny) + math.log(info.eps)
+    if unit_rows:
+        return None if 2 * scale > limit else queries.new_full((queries.shape[0],), float(scale))
+    bound = scale * queries.detach().norm(dim=1) * keys.detach().norm(dim=1).max()
+    if 2 * float(bound.max()) > limit:
         return None
     return bound
 

@@ -112,7 +112,7 @@ class InfoNCELoss(nn.Module):
             keys, offset = views, 0
         if self.check_finite:
             check_not_all_dead(keys, "z1 and z2", self.nonneg)
-        log_denominators = masked_logsumexp(views, keys, 1 / self.temperature, offset, self.chunk_size)
+        log_denominators = masked_logsumexp(views, keys, 1 / self.temperature, offset, self.chunk_size, unit_rows=True)
         # Both anchors of a pair share the same positive similarity.
         first, second = views.view(2, batch_size, -1).unbind()
         positives = (first * second).sum(dim=1) / self.temperature

@@ -385,7 +385,11 @@ class ImageRunSettings(Settings):
     compile: bool = setting(False, "compile the model with TorchInductor")
     seed: int = setting(0, "seeds weights, augmentations and batch order (every run of a command uses the same)")
     checkpoint_every: int = setting(200, "batches between checkpoints", minimum=1)
-    num_workers: int = setting(8, "DataLoader workers for folder datasets", minimum=0)
+    num_workers: int = setting(8, "DataLoader workers for folder datasets (and for decoding them once)", minimum=0)
+    resident_budget_mb: float = setting(
+        4096, "MiB a folder dataset's decoded images may take to be kept on the device and augmented there in "
+        "batches; larger folders are read by DataLoader workers every epoch (0: always)", minimum=0,
+    )
     eval_batch_size: int = setting(512, "batch size of feature extraction for evaluation", minimum=1, evaluation=True)
 
 

@@ -1,6 +1,8 @@
 """Image data: loaders on real digits and on tiny copies in the on-disk formats, augmentations, resident batches."""
 
+import os
 import pickle
+import pickletools
 import re
 
 import numpy as np
@@ -25,9 +27,9 @@ from ncl_ext.data import (
     simclr_batch_augmentation,
     simclr_transform,
 )
-from ncl_ext.data.augment import AugmentationParams
-
-from tests.fake_data import write_cifar, write_png_tree
+from ncl_ext.data.augment import AugmentationParams, blur_kernel_size, decode_transform, normalize_images
+from ncl_ext.data.images import decode_image_folder
+from tests.fake_data import python2_cifar_pickle, write_cifar, write_png_tree
 
 PLAIN = {"scale": (1.0, 1.0), "ratio": (1.0, 1.0), "flip_p": 0.0, "jitter_p": 0.0, "grayscale_p": 0.0}
 
@@ -123,6 +125,76 @@ def test_cifar_missing_or_malformed_files_give_clear_errors(tmp_path):
         load_dataset("mnist")
 
 
+class _RunsCode:
+    """Unpickling this calls ``function(*arguments)``: what a crafted CIFAR file would do."""
+
+    def __init__(self, function, *arguments):
+        self.function, self.arguments = function, arguments
+
+    def __reduce__(self):
+        return self.function, self.arguments
+
+
+@pytest.mark.parametrize("target", ["batches.meta", "data_batch_2"])
+@pytest.mark.parametrize("attack", ["os.system", "exec"])
+def test_crafted_cifar_pickles_run_no_code_and_are_refused(tmp_path, target, attack):
+    folder, *_ = write_cifar(tmp_path / "data", "cifar10", [2] * 5, 2, 10)
+    marker = tmp_path / "marker"
+    if attack == "os.system":
+        payload = _RunsCode(os.system, f"touch {marker}")
+    else:
+        payload = _RunsCode(exec, f"open({str(marker)!r}, 'w').write('ran')")
+    content = {"label_names": [payload]} if target == "batches.meta" else {"data": payload, "labels": [0, 1]}
+    with open(folder / target, "wb") as handle:
+        pickle.dump(content, handle, protocol=2)
+    expected = r"(posix|nt|os)\.system" if attack == "os.system" else r"(__builtin__|builtins)\.exec"
+    with pytest.raises(ValueError, match=rf"{target} is not a CIFAR-10 python batch: it refers to the global "
+                                         rf"{expected}, .*refused without running it") as error:
+        load_cifar(tmp_path / "data")
+    assert not marker.exists()
+    assert "\n" not in str(error.value)
+
+
+def test_only_latin1_byte_strings_are_decoded(tmp_path):
+    folder, *_ = write_cifar(tmp_path, "cifar10", [2] * 5, 2, 10)
+    import codecs
+
+    with open(folder / "batches.meta", "wb") as handle:
+        pickle.dump({"label_names": [_RunsCode(codecs.encode, "abc", "rot13")]}, handle, protocol=2)
+    with pytest.raises(ValueError, match="encoding 'rot13'.*refused without running it"):
+        load_cifar(tmp_path)
+
+
+def test_cifar_in_the_published_python2_layout_loads(tmp_path):
+    # The published batches are Python 2 pickles naming numpy.core.multiarray._reconstruct, numpy.ndarray
+    # and numpy.dtype, with byte strings for text and pixels; the standard unpickler is the reference.
+    rng = np.random.default_rng(3)
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    written = {}
+    for file, size in (("train", 5), ("test", 3)):
+        batch = {
+            "filenames": [f"{file}_{i}.png" for i in range(size)],
+            "batch_label": f"{file} batch",
+            "fine_labels": rng.integers(0, 100, size).tolist(),
+            "coarse_labels": rng.integers(0, 20, size).tolist(),
+            "data": rng.integers(0, 256, (size, 3072), dtype=np.uint8),
+        }
+        raw = python2_cifar_pickle(batch)
+        (folder / file).write_bytes(raw)
+        written[file] = pickle.loads(raw, encoding="latin1")
+    names = [f"fine {i}" for i in range(100)]
+    (folder / "meta").write_bytes(python2_cifar_pickle({"fine_label_names": names, "coarse_label_names": names[:20]}))
+    globals_named = {arg for op, arg, _ in pickletools.genops((folder / "train").read_bytes()) if op.name == "GLOBAL"}
+    assert globals_named == {"numpy.core.multiarray _reconstruct", "numpy ndarray", "numpy dtype"}
+
+    train, test = load_cifar(tmp_path, "cifar100")
+    np.testing.assert_array_equal(train.images.reshape(5, 3072).numpy(), written["train"]["data"])
+    np.testing.assert_array_equal(train.labels.numpy(), written["train"]["fine_labels"])
+    np.testing.assert_array_equal(test.images.reshape(3, 3072).numpy(), written["test"]["data"])
+    assert train.classes == names
+
+
 # ------------------------------------------------------------------ ImageFolder / ImageNet-100
 
 
@@ -185,6 +257,27 @@ def test_imagenet100_keeps_exactly_the_100_classes(tmp_path):
     write_png_tree(partial, ["train", "val"], IMAGENET100_WNIDS[:98], size=(4, 4))
     with pytest.raises(FileNotFoundError, match="lacks 2 of the 100 expected class folders"):
         load_imagenet100(partial)
+
+
+def test_decoded_folder_equals_the_eval_transform_of_every_file(tmp_path):
+    write_png_tree(tmp_path, ["train", "val"], ["emu", "cat", "dog"], per_class=3, size=(10, 13))
+    write_png_tree(tmp_path / "big", ["train", "val"], ["a", "b"], per_class=2, size=(120, 100))
+    for root, size in ((tmp_path, 16), (tmp_path / "big", 96)):  # 96 px and up: resize to 110, centre crop
+        train = load_image_folder(root).train
+        decoded = decode_image_folder(train, size)
+        assert decoded.images.shape == (len(train), 3, size, size) and decoded.images.dtype == torch.uint8
+        assert decoded.classes == train.classes and decoded.labels.tolist() == train.targets
+        reference = eval_transform(size)  # what the DataLoader path feeds the model, file by file
+        expected = torch.stack([reference(train.loader(path)) for path, _ in train.samples])
+        torch.testing.assert_close(normalize_images(decoded.images, decoded.mean, decoded.std), expected,
+                                   rtol=0, atol=1e-6)
+    parallel = decode_image_folder(load_image_folder(tmp_path).train, 16, num_workers=2)
+    assert torch.equal(parallel.images, decode_image_folder(load_image_folder(tmp_path).train, 16).images)
+    assert decode_transform(8)(Image.new("L", (9, 9))).shape == (1, 8, 8)
+    with pytest.raises(ValueError, match="ImageFolder"):
+        decode_image_folder([], 16)
+    with pytest.raises(ValueError, match="num_workers"):
+        decode_image_folder(load_image_folder(tmp_path).train, 16, num_workers=-1)
 
 
 # ------------------------------------------------------------------ per-image transforms
@@ -260,6 +353,38 @@ def test_batch_colour_ops_match_torchvision_functional():
     assert ((sampled.jitter[:, :3] >= 0.6) & (sampled.jitter[:, :3] <= 1.4)).all() and sampled.jitter[
         :, 3
     ].abs().max() <= 0.1
+
+
+def test_batch_blur_matches_torchvision_and_leaves_the_other_draws_alone():
+    images = random_uint8((5, 3, 20, 20), seed=2)
+    blur = BatchAugmentation(mean=(0.0,) * 3, std=(1.0,) * 3, **{**PLAIN, "blur_p": 1.0})
+    params = blur.sample(5, torch.Generator().manual_seed(7))
+    assert params.blur_mask.all() and ((params.blur_sigma >= 0.1) & (params.blur_sigma <= 2.0)).all()
+    output = blur.apply(images, params)
+    kernel = blur_kernel_size(20)
+    for i in range(5):
+        sigma = float(params.blur_sigma[i])
+        expected = TF.gaussian_blur(images[i].float() / 255, [kernel, kernel], [sigma, sigma])
+        torch.testing.assert_close(output[i], expected, rtol=0, atol=1e-6)
+    wide = BatchAugmentation(mean=(0.0,) * 3, std=(1.0,) * 3, **{**PLAIN, "blur_p": 1.0, "blur_kernel": 7})
+    expected = TF.gaussian_blur(images[0].float() / 255, [7, 7], [float(params.blur_sigma[0])] * 2)
+    torch.testing.assert_close(wide.apply(images, params)[0], expected, rtol=0, atol=1e-6)
+
+    # Blur draws come after the others: the crop, flip, jitter and grayscale of a seed do not change.
+    without = BatchAugmentation().sample(64, torch.Generator().manual_seed(1))
+    with_blur = BatchAugmentation(blur_p=0.5).sample(64, torch.Generator().manual_seed(1))
+    for name in ("theta", "jitter", "jitter_mask", "grayscale_mask"):
+        assert torch.equal(getattr(without, name), getattr(with_blur, name))
+    assert without.blur_sigma is None and 0 < int(with_blur.blur_mask.sum()) < 64
+
+    assert simclr_batch_augmentation(32, (0.5,) * 3, (0.5,) * 3).blur_p == 0
+    large = simclr_batch_augmentation(96, (0.5,) * 3, (0.5,) * 3)
+    assert large.blur_p == 0.5 and large.blur_sigma == (0.1, 2.0)
+    assert f"kernel_size=({blur_kernel_size(96)}, {blur_kernel_size(96)})" in repr(simclr_transform(96))
+    with pytest.raises(ValueError, match="blur_kernel=4"):
+        BatchAugmentation(blur_kernel=4)
+    with pytest.raises(ValueError, match="blur_sigma"):
+        BatchAugmentation(blur_sigma=(0.0, 1.0))
 
 
 def test_presets_and_validation():
