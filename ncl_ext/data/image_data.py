@@ -43,7 +43,9 @@ class ImageData:
         config: the recipe's settings: ``dataset``, ``data_root``, ``download``, ``seed``,
             ``image_size`` (``None``: the dataset's), ``batch_size``, ``eval_batch_size``, ``num_workers``,
             and optionally ``resident_budget_mb`` (MiB a folder dataset may take in memory to be
-            kept resident; 0 always streams it with a DataLoader).
+            kept resident; 0 always streams it with a DataLoader) and ``holdout`` (a share of the
+            training images, per class, held out: they replace the test images in evaluation,
+            so that settings are chosen without touching the test set).
         accelerator: an ``accelerate.Accelerator`` (its device holds resident datasets and
             receives the batches; each process gets its shard of the training batches);
             ``None``: one process on the CPU.
@@ -67,7 +69,11 @@ class ImageData:
                 )
             )
             self.resident = True
+        holdout = getattr(config, "holdout", 0.0) or 0.0
         if self.resident:
+            if holdout:
+                kept, held = images.stratified_holdout(splits.train.labels, holdout, config.seed)
+                splits = images.DatasetSplits(splits.train.subset(kept), splits.train.subset(held))
             self.train, self.test = splits.train.to(self.device), splits.test.to(self.device)
             self.channels = self.train.images.shape[1]
             self.size = config.image_size or self.train.images.shape[-1]
@@ -84,6 +90,11 @@ class ImageData:
             self.train_plain, self.test = images.load_dataset(
                 config.dataset, config.data_root, train_transform=plain, test_transform=plain, **load
             )
+            if holdout:
+                kept, held = images.stratified_holdout(self.train_plain.targets, holdout, config.seed)
+                subset = torch.utils.data.Subset
+                self.train, self.test = subset(self.train, kept.tolist()), subset(self.train_plain, held.tolist())
+                self.train_plain = subset(self.train_plain, kept.tolist())
         self.classes = list(getattr(splits.train, "classes", []))
 
     def _fits_in_memory(self, splits: images.DatasetSplits) -> bool:

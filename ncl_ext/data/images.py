@@ -56,6 +56,7 @@ from ncl_ext.data.imagenet100 import IMAGENET100_WNIDS
 from ncl_ext.log import progress
 
 __all__ = [
+    "stratified_holdout",
     "DATASETS",
     "DatasetSplits",
     "ResidentBatches",
@@ -106,6 +107,11 @@ class ResidentImages:
         """The same dataset with its tensors on ``device``."""
         return ResidentImages(self.images.to(device), self.labels.to(device), self.classes, self.mean, self.std)
 
+    def subset(self, indices: torch.Tensor) -> ResidentImages:
+        """The images at ``indices`` (same classes and normalisation statistics)."""
+        indices = indices.to(self.images.device)
+        return ResidentImages(self.images[indices], self.labels[indices], self.classes, self.mean, self.std)
+
     def eval_batches(self, batch_size: int, size: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Normalised, un-augmented ``(images, labels)`` batches in dataset order (for features / probes).
 
@@ -115,6 +121,32 @@ class ResidentImages:
         for start in range(0, len(self), batch_size):
             chunk = self.images[start : start + batch_size]
             yield normalize_images(chunk, self.mean, self.std, size), self.labels[start : start + batch_size]
+
+
+def stratified_holdout(labels: Any, fraction: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(kept, held_out)`` indices: ``fraction`` of each class held out at random (seeded), both sorted.
+
+    The validation split of the image recipes: settings are chosen on the held-out training
+    images, so the test images are touched once, by the reported run.
+
+    Examples:
+        >>> kept, held = stratified_holdout(torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]), 0.25, seed=0)
+        >>> len(kept), len(held), sorted(torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])[held].tolist())
+        (6, 2, [0, 1])
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"holdout={fraction!r}; expected a fraction in (0, 1)")
+    labels = torch.as_tensor(labels).cpu()
+    generator = torch.Generator().manual_seed(seed)
+    held = []
+    for label in labels.unique():
+        members = torch.nonzero(labels == label).flatten()
+        count = round(fraction * len(members))
+        held.append(members[torch.randperm(len(members), generator=generator)[:count]])
+    held_out = torch.cat(held).sort().values
+    kept = torch.ones(len(labels), dtype=torch.bool)
+    kept[held_out] = False
+    return torch.nonzero(kept).flatten(), held_out
 
 
 class DatasetSplits(NamedTuple):

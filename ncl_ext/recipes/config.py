@@ -376,6 +376,10 @@ class ImageRunSettings(Settings):
     dataset: str = setting("digits", "which images to train on", choices=("digits", "cifar10", "cifar100", "imagenet100", "imagefolder"))
     data_root: str | None = setting(None, "folder holding the dataset (never written to); not needed for digits")
     download: bool = setting(False, "download CIFAR into data_root when it is missing (needs internet)")
+    holdout: float = setting(
+        0.0, "share of the training images (per class) held out as a validation split that replaces the test "
+        "images in evaluation: choose settings with it, then report with 0", minimum=0, below=1,
+    )
     device: str | None = setting(None, "cpu, cuda or mps; default: the best available", choices=(None, "cpu", "cuda", "mps"))
     image_size: int | None = setting(None, "side of the square training images; default: the dataset's", minimum=1)
     momentum: float = setting(0.9, "SGD / LARS momentum", minimum=0, below=1)

@@ -64,3 +64,22 @@ def test_the_budget_decides_between_resident_and_streamed(tree):
     assert DEFAULT_RESIDENT_BUDGET_MB >= 1024
     with pytest.raises(ValueError, match="resident_budget_mb=-1"):
         ImageData(folder_settings(tree, resident_budget_mb=-1))
+
+
+def test_holdout_replaces_the_test_images_by_held_out_training_images():
+    from types import SimpleNamespace
+
+    from ncl_ext.data.image_data import ImageData
+    from ncl_ext.data.images import load_digits
+
+    settings = SimpleNamespace(dataset="digits", data_root=None, download=False, seed=0, image_size=None,
+                               batch_size=64, eval_batch_size=256, num_workers=0, holdout=0.2)
+    data = ImageData(settings)
+    full = load_digits().train
+    assert len(data.train) + len(data.test) == len(full) and abs(len(data.test) - 0.2 * len(full)) < 10
+    # Every held-out image is a training image, none of them is trained on, and each class is held out alike.
+    rows = {bytes(image.numpy()) for image in full.images}
+    assert all(bytes(image.numpy()) in rows for image in data.test.images)
+    assert not {bytes(i.numpy()) for i in data.train.images} & {bytes(i.numpy()) for i in data.test.images}
+    per_class = torch.bincount(data.test.labels, minlength=10).float()
+    assert float(per_class.min()) >= 0.8 * float(per_class.max())
