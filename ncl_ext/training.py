@@ -449,19 +449,12 @@ class _DataLoaderBatches:
 
 
 def _feature_statistics(features: torch.Tensor) -> dict[str, float]:
-    """Batch-level sparsity, active dimensions, dead rows and effective rank (the NCL effects)."""
-    features = features.float().flatten(1)
-    active = features.abs() > 1e-5
-    singular = torch.linalg.svdvals(features)
-    p = singular / singular.sum().clamp_min(1e-12)
-    entropy = -(p * p.clamp_min(1e-12).log()).sum()
-    return {
-        "sparsity": float(1 - active.float().mean()),
-        "active_dims": float(active.any(0).sum()),
-        "num_dims": float(features.shape[1]),
-        "dead_rows": float((~active.any(1)).float().mean()),
-        "effective_rank": float(entropy.exp()),
-    }
+    """The NCL effects on one batch (:func:`ncl_ext.analysis.metrics.batch_statistics`), its width and dead rows."""
+    from ncl_ext.analysis.metrics import batch_statistics
+
+    features = features.flatten(1)
+    dead_rows = (features.abs().amax(dim=1) <= 0).float().mean()
+    return {**batch_statistics(features), "num_dims": float(features.shape[1]), "dead_rows": float(dead_rows)}
 
 
 def _rng_state() -> dict[str, Any]:

@@ -102,3 +102,52 @@ def numeric_gradient(function, x: np.ndarray, step: float = 1e-6) -> np.ndarray:
         shifted[index] -= 2 * step
         grad[index] = (upper - function(shifted)) / (2 * step)
     return grad
+
+
+# ---- The NCL feature statistics, transcribed from the official code ---------------------
+# PKU-ML/non_neg, solo/methods/simclr.py: the training step L2-normalises the rows of z and
+# logs sparsity, erank, orthogonality, semantic_consistency and act_dim of that z.
+
+OFFICIAL_EPS = 1e-5
+
+
+def unit_rows(z: np.ndarray) -> np.ndarray:
+    """``torch.nn.functional.normalize(z, dim=1)``: rows divided by ``max(||row||, 1e-12)``."""
+    return z / np.maximum(np.sqrt((z * z).sum(axis=1, keepdims=True)), 1e-12)
+
+
+def official_sparsity(z: np.ndarray) -> float:
+    """``1 - (|z| > 1e-5).mean()`` of the normalised rows."""
+    return float(1 - (np.abs(unit_rows(z)) > OFFICIAL_EPS).mean())
+
+
+def official_erank_entropy(z: np.ndarray) -> float:
+    """``s = svdvals(z); s = s / s.sum(); -sum(s * log(s + 1e-6))`` of the normalised rows."""
+    s = np.linalg.svd(unit_rows(z), compute_uv=False)
+    s = s / s.sum()
+    return float(-(s * np.log(s + 1e-6)).sum())
+
+
+def official_orthogonality(z: np.ndarray) -> float:
+    """Non-zero columns of the normalised rows, each column normalised, ``|F^T F - I|.mean()``."""
+    f = unit_rows(z)
+    f = f[:, np.abs(f).sum(axis=0) > 0]
+    f = f / np.maximum(np.sqrt((f * f).sum(axis=0, keepdims=True)), 1e-12)
+    return float(np.abs(f.T @ f - np.eye(f.shape[1])).mean())
+
+
+def official_semantic_consistency(z: np.ndarray, labels: np.ndarray) -> float:
+    """Per non-zero dim of the normalised rows: top label share among samples with |z| > 1e-5; mean over dims."""
+    f = unit_rows(z[:, np.abs(z).sum(axis=0) > 0])
+    shares = []
+    for column in f.T:
+        selected = labels[np.abs(column) > OFFICIAL_EPS]
+        if len(selected):
+            counts = np.bincount(selected)
+            shares.append(counts.max() / counts.sum())
+    return float(np.mean(shares))
+
+
+def active_dim_count(z: np.ndarray, eps: float = OFFICIAL_EPS) -> int:
+    """Dims with ``|z| > eps`` on some normalised row (``act_dim`` of the official code is ``eps = 0``)."""
+    return int((np.abs(unit_rows(z)) > eps).any(axis=0).sum())

@@ -3,10 +3,12 @@
 Wang, Zhang, Guo, Wang, "Non-negative Contrastive Learning", ICLR 2024 (arXiv:2403.12459).
 
 - :func:`feature_report` — sparsity, semantic consistency, correlation, effective rank,
-  active/dead dims, activation frequency, SEPIN@k in one dict; :func:`format_table` prints it;
+  active/dead dims, activation frequency, SEPIN@k in one dict, with the definition of each
+  number (they follow the official NCL code); :func:`format_table` prints it;
 - metrics one by one — :func:`sparsity`, :func:`semantic_consistency`,
-  :func:`feature_correlation`, :func:`effective_rank`, :func:`activation_frequency`,
-  :func:`active_dims`, :func:`dead_dims`, :func:`is_non_negative`, :func:`sepin_at_k`;
+  :func:`feature_correlation`, :func:`effective_rank`, :func:`effective_rank_entropy`,
+  :func:`activation_frequency`, :func:`active_dims`, :func:`dead_dims`,
+  :func:`is_non_negative`, :func:`sepin_at_k`; :func:`batch_statistics` for training logs;
 - feature selection — :func:`expected_activation_order` (EA), :func:`select_top_dims`,
   :func:`random_dims`;
 - retrieval — :func:`retrieval_precision`, :func:`mean_average_precision`,
@@ -14,8 +16,8 @@ Wang, Zhang, Guo, Wang, "Non-negative Contrastive Learning", ICLR 2024 (arXiv:24
 - probes — :func:`linear_probe`, :func:`knn_accuracy`;
 - plots — :func:`plot_activation_frequency`, :func:`plot_correlation_heatmap`,
   :func:`plot_top_activating_images`, :func:`write_top_activating_texts`;
-- synthetic data with known latent classes — :class:`LatentClassData`,
-  :func:`sparse_class_features`.
+- synthetic data with known latent classes and factors — :class:`LatentClassData`,
+  :func:`sparse_class_features`, :func:`latent_factor_grid`.
 
 Examples:
     >>> import torch
@@ -35,9 +37,11 @@ from ncl_ext.analysis.metrics import (
     CorrelationSummary,
     activation_frequency,
     active_dims,
+    batch_statistics,
     correlation_matrix,
     dead_dims,
     effective_rank,
+    effective_rank_entropy,
     feature_correlation,
     is_non_negative,
     semantic_consistency,
@@ -63,9 +67,9 @@ from ncl_ext.analysis.selection import (
     random_dims,
     select_top_dims,
 )
-from ncl_ext.analysis.sepin import sepin_at_k, sepin_scores
+from ncl_ext.analysis.sepin import sepin_at_k, sepin_noise_std, sepin_scores
 from ncl_ext.analysis.sparse_index import SparseIndex
-from ncl_ext.analysis.synthetic import LatentClassData, sparse_class_features
+from ncl_ext.analysis.synthetic import LatentClassData, latent_factor_grid, sparse_class_features
 
 __all__ = [
     "DEFAULT_EPS",
@@ -74,10 +78,12 @@ __all__ = [
     "SparseIndex",
     "activation_frequency",
     "active_dims",
+    "batch_statistics",
     "correlation_matrix",
     "cosine_top_k",
     "dead_dims",
     "effective_rank",
+    "effective_rank_entropy",
     "expected_activation",
     "expected_activation_order",
     "feature_correlation",
@@ -85,6 +91,7 @@ __all__ = [
     "format_table",
     "is_non_negative",
     "knn_accuracy",
+    "latent_factor_grid",
     "linear_probe",
     "load_array",
     "mean_average_precision",
@@ -97,6 +104,7 @@ __all__ = [
     "select_top_dims",
     "semantic_consistency",
     "sepin_at_k",
+    "sepin_noise_std",
     "sepin_scores",
     "sparse_class_features",
     "sparsity",

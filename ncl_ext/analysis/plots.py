@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ncl_ext._checks import DEFAULT_EPS, as_features, check_int
-from ncl_ext.analysis.metrics import activation_frequency, correlation_matrix
+from ncl_ext.analysis.metrics import activation_counts, activation_frequency, correlation_matrix, sparsity
 from ncl_ext.analysis.selection import expected_activation, expected_activation_order
 
 __all__ = [
@@ -65,10 +65,10 @@ def _save(figure: Any, path: str | Path) -> Path:
 def plot_activation_frequency(
     features: Any, path: str | Path, eps: float = DEFAULT_EPS, title: str = "Activation frequency"
 ) -> Path:
-    """Per-dimension share of samples with ``z > eps``, dimensions sorted from most to least active.
+    """Per-dimension share of samples with ``|z^| > eps`` (``z^``: L2-normalised rows), dimensions sorted.
 
     A sparse, disentangled (NCL) representation shows a long tail of rarely firing
-    dimensions; a dense (CL) one a flat line near 0.5. Returns the PNG path.
+    dimensions; a dense (CL) one a flat line at 1. Returns the PNG path.
     """
     frequency = torch.sort(activation_frequency(features, eps), descending=True).values.numpy()
     figure = _figure(6, 3.5)
@@ -76,7 +76,7 @@ def plot_activation_frequency(
     axes.plot(np.arange(1, len(frequency) + 1), frequency, linewidth=1.5)
     axes.fill_between(np.arange(1, len(frequency) + 1), frequency, alpha=0.3)
     axes.set_xlabel("dimension (sorted by activation frequency)")
-    axes.set_ylabel(f"share of samples with z > {eps:g}")
+    axes.set_ylabel(f"share of samples with |z| > {eps:g}")
     axes.set_ylim(0, 1)
     axes.set_xlim(1, max(2, len(frequency)))
     dead = int((frequency == 0).sum())
@@ -229,15 +229,12 @@ def write_top_activating_texts(
     return path
 
 
-def _class_purity(features: torch.Tensor, labels: torch.Tensor, eps: float = DEFAULT_EPS) -> np.ndarray:
-    """Per active dimension, the share of its active samples (|z| > eps on L2-normalised rows) in its top class."""
-    rows = torch.nn.functional.normalize(features.double(), dim=1)
-    active = (rows.abs() > eps).double()
-    counts = torch.zeros(int(labels.max()) + 1, features.shape[1], dtype=torch.float64)
-    counts.index_add_(0, labels.long(), active)
+def _class_purity(features: torch.Tensor, labels: torch.Tensor, eps: float) -> np.ndarray:
+    """Per dimension that fires, the share of its firing samples in its top class (a term of semantic consistency)."""
+    counts = activation_counts(features, eps, normalize_rows=True, codes=labels.long())
     totals = counts.sum(0)
-    used = totals > 0
-    return (counts.max(0).values[used] / totals[used]).numpy()
+    fired = totals > 0
+    return (counts.max(0).values[fired] / totals[fired]).cpu().numpy()
 
 
 def plot_comparison(runs: dict[str, dict[str, Any]], path: str | Path, eps: float = DEFAULT_EPS) -> Path:
@@ -263,8 +260,8 @@ def plot_comparison(runs: dict[str, dict[str, Any]], path: str | Path, eps: floa
     grid = figure.subplots(rows, len(runs), squeeze=False)
     for column, (name, run) in enumerate(runs.items()):
         features = as_features(run["features"])
-        frequency = np.sort(activation_frequency(features.abs(), eps).numpy())[::-1]
-        zeros = float((torch.nn.functional.normalize(features, dim=1).abs() <= eps).double().mean())
+        frequency = np.sort(activation_frequency(features, eps).numpy())[::-1]
+        zeros = sparsity(features, eps)
         axes = grid[0][column]
         axes.plot(np.arange(1, len(frequency) + 1), frequency)
         axes.set(xlabel="dimension (sorted)", ylabel="share of samples firing", ylim=(0, 1.02),

@@ -14,6 +14,10 @@ anchors, far apart.
 :func:`sparse_class_features` makes NCL-like feature matrices (a fixed share of exact
 zeros, active dimensions concentrated on class-specific pools) for the speed benchmarks.
 
+:func:`latent_factor_grid` is the full grid of a few independent discrete factors (as in the
+dSprites benchmark of disentanglement), one factor per feature dimension: a perfectly
+disentangled representation to compare with a rotated copy of itself.
+
 Examples:
     >>> data = LatentClassData(num_classes=4, anchors_per_class=2, input_dim=8, seed=0)
     >>> x1, x2, classes = data.positive_pairs(16)
@@ -22,6 +26,9 @@ Examples:
     >>> features, labels = sparse_class_features(100, dim=64, num_classes=5, zero_fraction=0.9)
     >>> float((features == 0).float().mean())
     0.90625
+    >>> codes, factors = latent_factor_grid(num_factors=2, levels=3, dim=4)
+    >>> codes[:4].tolist()
+    [[0.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 2.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]]
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ import torch
 
 from ncl_ext._checks import check_int, check_positive
 
-__all__ = ["LatentClassData", "sparse_class_features"]
+__all__ = ["LatentClassData", "latent_factor_grid", "sparse_class_features"]
 
 
 class LatentClassData:
@@ -126,3 +133,31 @@ def sparse_class_features(
         values = torch.empty(len(rows), active).exponential_(generator=generator) + 1e-3
         features[start : start + 4096].scatter_(1, chosen, values)
     return features, labels
+
+
+def latent_factor_grid(
+    num_factors: int = 2, levels: int = 16, dim: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every combination of ``num_factors`` independent factors with ``levels`` values each, one per dimension.
+
+    Each sample is one grid point (``levels ** num_factors`` samples, each combination once, as
+    in dSprites); dimension ``j < num_factors`` holds factor ``j``'s value ``0 .. levels - 1``
+    and the remaining ``dim - num_factors`` dimensions are 0. Every factor is needed to tell
+    the samples apart, and each is stored in one dimension only: an axis-aligned (perfectly
+    disentangled) representation. Multiplying by a random rotation spreads each factor over
+    all ``dim`` dimensions while keeping all information.
+
+    Returns:
+        ``(codes, factors)``: a float32 ``(levels ** num_factors, dim)`` tensor and the
+        LongTensor ``(levels ** num_factors, num_factors)`` of factor values.
+    """
+    num_factors, levels = check_int(num_factors, "num_factors"), check_int(levels, "levels", minimum=2)
+    dim = num_factors if dim is None else check_int(dim, "dim")
+    if dim < num_factors:
+        raise ValueError(f"dim must be >= num_factors={num_factors}, got {dim}")
+    if levels**num_factors > 2**20:
+        raise ValueError(f"levels ** num_factors = {levels**num_factors} samples is too many (limit 2**20)")
+    factors = torch.cartesian_prod(*[torch.arange(levels)] * num_factors).reshape(-1, num_factors)
+    codes = torch.zeros(len(factors), dim)
+    codes[:, :num_factors] = factors.float()
+    return codes, factors

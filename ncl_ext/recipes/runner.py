@@ -37,6 +37,7 @@ from typing import Any
 
 from ncl_ext.analysis.loading import load_run_features
 from ncl_ext.analysis.plots import plot_comparison
+from ncl_ext.analysis.report import metric_definitions
 from ncl_ext.checkpoint import write_text_atomically
 from ncl_ext.log import logger
 from ncl_ext.recipes.config import (
@@ -161,6 +162,7 @@ def run_recipe(
             "provenance": {**provenance(getattr(context, "device", None)), "seed": getattr(config, "seed", None)},
             "wall_seconds": {run: record["seconds"] for run, record in runs.items()},
             "runs": {run: record["metrics"] for run, record in runs.items()},
+            "definitions": metric_definitions(),  # the feature metrics (sparsity, semantic_consistency, ...)
         }
         _write_results(output, results, recipe, config)
     return results

@@ -11,7 +11,9 @@ import torch
 from safetensors.torch import save_file
 
 from ncl_ext.analysis import (
+    active_dims,
     effective_rank,
+    effective_rank_entropy,
     feature_correlation,
     feature_report,
     format_table,
@@ -25,6 +27,9 @@ from ncl_ext.analysis import (
     write_top_activating_texts,
 )
 from ncl_ext.cli import main as cli_main
+
+# Many small tensor operations: one thread is faster than two fighting on a shared CPU.
+pytestmark = pytest.mark.usefixtures("seed_and_one_thread")
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -43,29 +48,48 @@ def test_feature_report_collects_the_metrics() -> None:
     report = feature_report(z, labels, sepin_samples=64)
     mean, median = feature_correlation(z)
     assert report["num_samples"] == 120 and report["num_dims"] == 24 and report["num_classes"] == 4
-    assert report["sparsity"] == sparsity(z)
+    assert report["sparsity"] == pytest.approx(sparsity(z), abs=1e-12)
     assert report["semantic_consistency"] == pytest.approx(semantic_consistency(z, labels))
     assert report["correlation"] == pytest.approx(mean) and report["correlation_median"] == pytest.approx(median)
     assert report["effective_rank"] == pytest.approx(effective_rank(z))
-    assert report["dead_dims"] == 1 and report["active_dims"] == 23 and report["non_negative"] is True
-    assert report["activation_frequency_max"] <= 1.0
-    assert {key: report[key] for key in report if key.startswith("sepin@")} == sepin_at_k(z, num_samples=64)
-    json.dumps(report)  # serialisable as is
+    assert report["effective_rank_entropy"] == pytest.approx(effective_rank_entropy(z))
+    assert report["dead_dims"] == 1 and report["active_dims"] == len(active_dims(z)) == 23
+    assert report["non_negative"] is True and report["activation_frequency_max"] <= 1.0
+    sepin = {key: report[key] for key in report if key.startswith("sepin@")}
+    assert sepin == sepin_at_k(z, num_samples=64)
+    assert json.loads(json.dumps(report)) == report  # serialisable as is
+
+
+def test_feature_report_defines_every_number_it_reports() -> None:
+    z, labels = sample_features()
+    report = feature_report(-z, labels, sepin_samples=32)  # signed: always <= 0
+    definitions = report["definitions"]
+    for key, value in report.items():
+        if isinstance(value, float) and key != "definitions":
+            name = "sepin@k" if key.startswith("sepin@") else key.removesuffix("_mean").removesuffix("_median")
+            name = name.removesuffix("_max")
+            assert name in definitions or key in definitions, key
+    assert "simclr.py" in definitions["sparsity"] and "1e-05" in definitions["sparsity"]
+    assert "orthogonality" in definitions["correlation"] and "erank" in definitions["effective_rank_entropy"]
+    assert "32 samples" in definitions["sepin@k"]
+    # Magnitudes: a non-positive copy has the same sparsity and active dims as the original.
+    assert report["non_negative"] is False and report["active_dims"] == 23
+    assert report["sparsity"] == pytest.approx(sparsity(z), abs=1e-12)
 
 
 def test_feature_report_without_labels_or_active_dims() -> None:
     report = feature_report(torch.zeros(10, 3), sepin_samples=None)
     assert report["semantic_consistency"] is None and report["correlation"] is None
     assert report["sparsity"] == 1.0 and report["dead_dims"] == 3 and report["effective_rank"] == 0.0
-    assert not any(key.startswith("sepin") for key in report)
+    assert not any(key.startswith("sepin") for key in report) and "sepin@k" not in report["definitions"]
 
 
-def test_format_table_lists_every_key() -> None:
+def test_format_table_lists_every_scalar_key() -> None:
     z, labels = sample_features()
     report = feature_report(z, labels, sepin_samples=32)
     table = format_table(report)
     for key in report:
-        assert key in table
+        assert (key in table) == (key != "definitions")
     assert "n/a" in format_table({"semantic_consistency": None})
 
 
@@ -86,7 +110,7 @@ def test_report_command_writes_json_and_plots(tmp_path: Path, suffix: str, capsy
     labels_path = save(labels, tmp_path / f"labels{suffix}", "labels")
     report = report_command(features_path, labels_path, output=tmp_path / "out")
     written = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert written == pytest.approx(report)
+    assert written == report  # floats round-trip exactly through JSON
     assert written["semantic_consistency"] == pytest.approx(semantic_consistency(z, labels))
     for name in ("activation_frequency.png", "correlation_heatmap.png"):
         assert (tmp_path / "out" / name).read_bytes()[:8] == PNG_SIGNATURE

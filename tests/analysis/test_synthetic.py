@@ -77,6 +77,7 @@ def test_ncl_dimensions_fire_for_one_latent_class_and_cl_features_are_dense_and_
     assert ncl["sparsity"] >= 0.8
     assert ncl["semantic_consistency"] >= 0.9
     assert cl["sparsity"] < 0.05
-    assert cl["semantic_consistency"] < 0.4  # chance is 1/10; CL dims fire for many classes
+    # Chance is 1/10: every dense CL dim is non-zero on every sample, of every class.
+    assert cl["semantic_consistency"] < 0.15
     assert ncl["correlation"] < cl["correlation"]
-    assert ncl["sepin@10"] > 10 * cl["sepin@10"]
+    assert ncl["sepin@1"] > 3 * cl["sepin@1"] and ncl["sepin@10"] > 3 * cl["sepin@10"]
