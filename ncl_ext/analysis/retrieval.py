@@ -5,8 +5,13 @@ a retrieved sample is relevant when it has the query's label. Similarities are c
 block of queries at a time (dense features, any device) or with an inverted index
 (:class:`~ncl_ext.analysis.sparse_index.SparseIndex`, sparse features on the CPU),
 whichever is cheaper, so 100,000 x 2,048 features fit in memory and sparse NCL features
-are searched much faster than dense ones. The inverted index breaks exact ties towards the
-lower index; the dense path in whatever order ``torch.topk`` returns them.
+are searched much faster than dense ones. Both paths break exact ties towards the lower
+index, so the choice of path changes no result (up to the float32 rounding of the dense
+product on near-equal similarities).
+
+The first call in a fresh environment compiles two small numba loops (the CSR conversion
+and the inverted-index search): about 1-2 s of CPU, cached on disk afterwards (see
+``benchmarks/results/analysis.md``, "cold start").
 
 Examples:
     >>> import torch
@@ -48,7 +53,15 @@ def cosine_top_k(queries: Any, database: Any = None, k: int = 10) -> tuple[torch
         k: results per query.
 
     Rows are L2-normalised (all-zero rows stay zero and score 0 against everything). Sparse
-    CPU features go through :class:`SparseIndex`, the rest through a blocked matrix product.
+    CPU features go through :class:`SparseIndex`, the rest through a blocked matrix product;
+    either way equal similarities go to the lower database index.
+
+    Examples:
+        >>> import torch
+        >>> database = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+        >>> scores, indices = cosine_top_k(torch.tensor([[3.0, 0.0]]), database, k=2)
+        >>> indices.tolist()                   # items 0 and 2 tie: the lower index first
+        [[0, 2]]
     """
     queries = as_features(queries, "queries").float()
     self_join = database is None
@@ -61,7 +74,7 @@ def cosine_top_k(queries: Any, database: Any = None, k: int = 10) -> tuple[torch
         raise ValueError(f"k={k} exceeds the {available} items that can be retrieved per query")
     sparse_database = _normalized_sparse_rows(database)
     sparse_queries = sparse_database if self_join or sparse_database is None else _normalized_sparse_rows(queries)
-    if sparse_queries is not None and inverted_index_pays_off(sparse_queries, sparse_database, self_join):
+    if sparse_queries is not None and inverted_index_pays_off(sparse_queries, sparse_database):
         index = SparseIndex(sparse_database, backend="inverted")
         return index.search_self(k) if self_join else index.search(sparse_queries, k)
     queries = F.normalize(queries, dim=1)

@@ -10,6 +10,7 @@ from sklearn.metrics import average_precision_score
 from ncl_ext.analysis import cosine_top_k, mean_average_precision, retrieval_precision
 from ncl_ext.analysis.retrieval import _normalized_sparse_rows
 from ncl_ext.analysis.sparse_index import inverted_index_pays_off
+from ncl_ext.analysis.topk import dense_top_k, top_k_lowest_index_ties
 
 
 def reference_rankings(z: np.ndarray) -> list[np.ndarray]:
@@ -61,7 +62,7 @@ def test_precision_and_map_match_loops(kind: str, k: int) -> None:
     z = features(kind)
     labels = np.arange(len(z)) % 6
     rows = _normalized_sparse_rows(torch.as_tensor(z))
-    uses_index = rows is not None and inverted_index_pays_off(rows, rows, self_join=True)
+    uses_index = rows is not None and inverted_index_pays_off(rows, rows)
     assert uses_index == (kind == "sparse")  # both search paths are covered
     array = z.double().numpy()
     assert retrieval_precision(z, labels, k=k) == pytest.approx(reference_precision(array, labels, k), abs=1e-12)
@@ -86,6 +87,45 @@ def test_cosine_top_k_against_a_separate_database() -> None:
     for row in range(7):
         assert indices[row].tolist() == list(np.argsort(-expected[row])[:4])
         assert scores[row].numpy() == pytest.approx(np.sort(expected[row])[::-1][:4], abs=1e-6)
+
+
+def lowest_index_order(scores: np.ndarray, k: int) -> np.ndarray:
+    """Reference: per row, the k best by decreasing score, then increasing index."""
+    return np.stack([np.lexsort((np.arange(row.size), -row))[:k] for row in scores])
+
+
+@pytest.mark.parametrize("k", [1, 3, 17, 40])
+def test_top_k_breaks_ties_towards_the_lowest_index(k: int) -> None:
+    # Scores 0..3: most rows have ties across the k-th place; the last row is all equal.
+    scores = torch.randint(0, 4, (30, 40), generator=torch.Generator().manual_seed(5)).float()
+    scores[-1] = 1.0
+    values, indices = top_k_lowest_index_ties(scores, k)
+    expected = lowest_index_order(scores.numpy(), k)
+    assert indices.tolist() == expected.tolist()
+    assert values.tolist() == np.take_along_axis(scores.numpy(), expected, axis=1).tolist()
+
+
+@pytest.mark.parametrize("kind", ["sparse", "dense"])
+def test_cosine_top_k_ties_go_to_the_lowest_index_on_both_paths(kind: str) -> None:
+    z = features(kind, seed=6)
+    z[60:] = z[:60]  # every sample has an exact duplicate: pairs of equal similarities everywhere
+    z[5] = 0.0  # an all-zero sample: similarity 0 to all, and the zero rows tie with everything at 0
+    rows = _normalized_sparse_rows(z)
+    assert (rows is not None and inverted_index_pays_off(rows, rows)) == (kind == "sparse")
+    normalized = z.double().numpy() / np.maximum(np.linalg.norm(z.double().numpy(), axis=1, keepdims=True), 1e-12)
+    similarity = normalized @ normalized.T
+    np.fill_diagonal(similarity, -np.inf)
+    _, indices = cosine_top_k(z, None, k=8)
+    _, separate = cosine_top_k(z[:20], z, k=8)
+    for found, query in ((indices, similarity), (separate, normalized[:20] @ normalized.T)):
+        assert found.tolist() == lowest_index_order(query, 8).tolist()
+
+
+def test_dense_top_k_excludes_self_and_breaks_ties_by_index() -> None:
+    database = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    scores, indices = dense_top_k(database, database, k=2, exclude_self=True)
+    assert indices.tolist() == [[1, 3], [0, 3], [0, 1], [0, 1]]
+    assert scores.tolist() == [[1.0, 1.0], [1.0, 1.0], [0.0, 0.0], [1.0, 1.0]]
 
 
 def test_well_separated_classes_have_perfect_precision() -> None:

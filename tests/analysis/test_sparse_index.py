@@ -1,4 +1,4 @@
-"""SparseIndex returns exactly the dense top-k, on random inputs with 80-99% zeros."""
+"""SparseIndex returns exactly the dense top-k, on random inputs with 80-99% zeros; ties go to the lower index."""
 
 from __future__ import annotations
 
@@ -80,6 +80,66 @@ def test_ties_break_towards_the_lower_index_and_empty_queries_get_zero_scores() 
     assert scores.tolist() == [[1.0, 1.0, 1.0, 0.0], [0.0] * 4, [0.0] * 4]
 
 
+def lowest_index_top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Reference: per row, sort by decreasing score, then increasing index (numpy lexsort)."""
+    order = np.stack([np.lexsort((np.arange(row.size), -row))[:k] for row in scores])
+    return np.take_along_axis(scores, order, axis=1), order
+
+
+@pytest.mark.parametrize("k", [1, 5, 40])
+def test_equal_scores_give_the_same_lowest_indices_in_both_backends(k: int) -> None:
+    # Small integer values: every score is an exact integer in float32 and float64, so the
+    # many equal scores are exact ties for both backends.
+    generator = torch.Generator().manual_seed(11)
+    database = torch.randint(0, 3, (300, 32), generator=generator).float()
+    database *= torch.rand(300, 32, generator=generator) < 0.15
+    database[100:150] = database[:50]  # duplicated items
+    queries = torch.randint(0, 3, (60, 32), generator=generator).float()
+    queries *= torch.rand(60, 32, generator=generator) < 0.2
+    queries[0] = 0.0  # every item ties at 0
+    expected_scores, expected_indices = lowest_index_top_k(queries.double().numpy() @ database.double().numpy().T, k)
+    self_scores = database.double().numpy() @ database.double().numpy().T
+    np.fill_diagonal(self_scores, -np.inf)
+    expected_self_scores, expected_self = lowest_index_top_k(self_scores, k)
+    for backend in ("inverted", "dense"):
+        index = SparseIndex(database, backend=backend)
+        scores, indices = index.search(queries, k)
+        assert indices.tolist() == expected_indices.tolist(), backend
+        assert scores.tolist() == expected_scores.tolist(), backend
+        scores, indices = index.search_self(k)
+        assert indices.tolist() == expected_self.tolist(), backend
+        assert scores.tolist() == expected_self_scores.tolist(), backend
+
+
+@pytest.mark.parametrize("zero_fraction", [0.95, 0.99])
+def test_same_top_10_as_the_dense_float32_search(zero_fraction: float) -> None:
+    # The benchmark's setting, smaller: uniform-sparse non-negative L2-normalised rows.
+    database = sparse_rows(20_000, 512, zero_fraction, seed=12)
+    queries = sparse_rows(200, 512, zero_fraction, seed=13)
+    _, indices = SparseIndex(database, backend="inverted").search(queries, 10)
+    dense = (queries @ database.T).topk(10, dim=1)
+    exact = queries.double() @ database.double().T
+    for row, (found, expected) in enumerate(zip(indices.tolist(), dense.indices.tolist(), strict=True)):
+        if set(found) != set(expected):  # only float32 rounding of near-ties may differ
+            kth = float(exact[row].topk(10).values[-1])
+            assert all(abs(float(exact[row, item]) - kth) < 1e-6 for item in set(found) ^ set(expected))
+
+
+def test_results_do_not_depend_on_the_number_of_threads() -> None:
+    database, queries = sparse_rows(3000, 128, 0.9, seed=14), sparse_rows(97, 128, 0.9, seed=15)
+    index = SparseIndex(database, backend="inverted")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = index.search(queries, 7), index.search_self(7)
+        torch.set_num_threads(2)
+        two = index.search(queries, 7), index.search_self(7)
+    finally:
+        torch.set_num_threads(threads)
+    for (scores_one, indices_one), (scores_two, indices_two) in zip(one, two, strict=True):
+        assert torch.equal(indices_one, indices_two) and torch.equal(scores_one, scores_two)
+
+
 def test_dense_database_uses_the_dense_backend_with_the_same_answer() -> None:
     database, queries = sparse_rows(500, 64, 0.5, seed=3), sparse_rows(40, 64, 0.5, seed=4)
     index = SparseIndex(database)
@@ -111,12 +171,14 @@ def test_auto_backend_follows_the_work_of_the_posting_scans_not_the_share_of_zer
 
 @pytest.mark.parametrize(("factor", "pays_off"), [(0.5, True), (0.95, True), (1.05, False), (3.0, False)])
 def test_inverted_index_pays_off_in_the_closed_form_uniform_case(factor: float, pays_off: bool) -> None:
-    # Every dim used by a share s of N items: the scans cost D (s N)^2 * SPARSE_OP_COST for N
-    # queries, the product N^2 D, so posting lists pay off exactly when s < 1 / sqrt(SPARSE_OP_COST).
-    from ncl_ext.analysis.sparse_index import SPARSE_OP_COST, inverted_index_pays_off
+    # Every dim used by a share s of N items, N queries: the scans cost D (s N)^2 SPARSE_OP_COST
+    # + N^2 SCAN_COST, the product N^2 D, so posting lists pay off exactly when
+    # s < sqrt((1 - SCAN_COST / D) / SPARSE_OP_COST).
+    from ncl_ext.analysis.sparse_index import SCAN_COST, SPARSE_OP_COST, inverted_index_pays_off
 
-    share = factor / SPARSE_OP_COST**0.5
-    used = np.zeros((1000, 64), dtype=np.float32)
+    dim = 64
+    share = factor * ((1 - SCAN_COST / dim) / SPARSE_OP_COST) ** 0.5
+    used = np.zeros((1000, dim), dtype=np.float32)
     used[: round(share * 1000)] = 1.0  # every dim: the same number of items
     matrix = sp.csr_matrix(used)
     assert inverted_index_pays_off(matrix, matrix) is pays_off
