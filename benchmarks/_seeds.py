@@ -85,7 +85,8 @@ def _metric_rows(records: list[dict[str, Any]], columns: tuple[tuple[str, str], 
     lines = ["| seed | run | " + " | ".join(title for _, title in columns) + " |", "|---|---|" + "---:|" * len(columns)]
     for record in records:
         for name, metrics in record["runs"].items():
-            lines.append(f"| {record['seed']} | {name} | " + " | ".join(f"{metrics[key]:.4f}" for key, _ in columns) + " |")
+            cells = " | ".join(f"{metrics[key]:.4f}" for key, _ in columns)
+            lines.append(f"| {record['seed']} | {name} | {cells} |")
     return lines
 
 

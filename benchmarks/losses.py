@@ -349,7 +349,8 @@ def numerics_markdown(results: dict) -> str:
         "Relative error against the float64 value of the independent implementation on the float32",
         "features: ncl_ext (computes in float32) and the independent implementation run in the 16-bit dtype.",
         "",
-        "| loss | input dtype | float64 value | ncl_ext error | ncl_ext loss dtype | error computed in the input dtype |",
+        "| loss | input dtype | float64 value | ncl_ext error | ncl_ext loss dtype "
+        "| error computed in the input dtype |",
         "|---|---|---:|---:|---|---:|",
     ]
     for r in results["low_precision"]:

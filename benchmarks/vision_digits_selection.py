@@ -39,10 +39,8 @@ def main() -> None:
         for seed in args.seeds:
             started = time.perf_counter()
             with tempfile.TemporaryDirectory() as output:
-                results = run_recipe(
-                    "vision-ssl", overrides=[*args.overrides, f"projector={width},{width}", f"seed={seed}", "holdout=0.2"],
-                    output=output, device="cpu",
-                )
+                overrides = [*args.overrides, f"projector={width},{width}", f"seed={seed}", "holdout=0.2"]
+                results = run_recipe("vision-ssl", overrides=overrides, output=output, device="cpu")
             for run, metrics in results["runs"].items():
                 rows.append({"width": width, "seed": seed, "run": run, **{c: metrics[c] for c in COLUMNS},
                              "seconds": round(time.perf_counter() - started, 1)})

@@ -50,12 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run", add_help=False, help="train CL and NCL side by side and write OUTPUT/results.json",
         usage="ncl-ext run RECIPE [--preset NAME | --config FILE] [options] [key=value ...]",
-        description="Train CL and NCL side by side. `ncl-ext run RECIPE --help` lists the recipe's presets and settings.",
+        description="Train CL and NCL side by side. `ncl-ext run RECIPE --help` lists its presets and settings.",
     )
     run.add_argument("-h", "--help", action=_RecipeHelp)
     run.add_argument("recipe", choices=list(RECIPES), help="which recipe to run")
     run.add_argument("--preset", default=None, help="a preset of the recipe (default: its offline default)")
-    run.add_argument("--config", default=None, metavar="FILE", help="a YAML of settings, e.g. a run's OUTPUT/config.yaml")
+    run.add_argument("--config", default=None, metavar="FILE", help="a YAML of settings, e.g. OUTPUT/config.yaml")
     run.add_argument("--data-root", default=None, help="folder holding the dataset (never written to)")
     run.add_argument("--output", default=None, help="output folder (default: runs/RECIPE-PRESET-HASH)")
     run.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")

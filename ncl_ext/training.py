@@ -415,15 +415,16 @@ class Trainer:
         differences = differing_keys(state.get("settings", {}), self._settings())
         if differences:
             raise ValueError(
-                f"the checkpoints in {self.checkpoint_dir} were trained with other settings ({'; '.join(differences)}); "
-                "train into a new output folder, or delete that one to start over"
+                f"the checkpoints in {self.checkpoint_dir} were trained with other settings "
+                f"({'; '.join(differences)}); train into a new output folder, or delete that one to start over"
             )
         extra = state.pop("extra_state")
         self.optimizer.load_state_dict(extra["optimizer"])
         self.scheduler.load_state_dict(extra["scheduler"])
         _set_rng_state(extra["rng"])
         if self.accelerator.is_main_process and not state.get("finished"):
-            logger.info(f"[{self.config.name}] resuming from step {state['step']} (epoch {state['epoch']}) in {self.checkpoint_dir}")
+            where = f"step {state['step']} (epoch {state['epoch']}) in {self.checkpoint_dir}"
+            logger.info(f"[{self.config.name}] resuming from {where}")
         return state
 
     def _settings(self) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Faults a user meets, each ending in a fallback with a warning or one clear line: never a traceback, never a stale result.
+"""Faults a user meets, each ending in a fallback with a warning or one clear line: no traceback, no stale result.
 
 Damaged checkpoints, bad settings for every recipe, unwritable outputs and unreadable inputs of
 ``ncl-ext report``. (Loss numerics, unsafe pickles and the HF patch have their own tests

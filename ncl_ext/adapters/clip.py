@@ -359,9 +359,9 @@ def build_open_clip(
 
     open_clip.add_model_config(MODEL_CONFIGS)
     extra = {} if init_temperature is None or pretrained else {"init_logit_scale": math.log(1 / init_temperature)}
-    if pretrained is not None and ("/" in pretrained or pretrained.endswith((".bin", ".pt", ".safetensors"))):
-        if not Path(pretrained).is_file():
-            raise FileNotFoundError(f"pretrained={pretrained!r} is not a checkpoint file")
+    is_path = pretrained is not None and ("/" in pretrained or pretrained.endswith((".bin", ".pt", ".safetensors")))
+    if is_path and not Path(pretrained).is_file():
+        raise FileNotFoundError(f"pretrained={pretrained!r} is not a checkpoint file")
     try:
         model, train_transform, eval_transform = open_clip.create_model_and_transforms(
             name, pretrained=pretrained, aug_cfg={"scale": tuple(crop_scale)}, **extra

@@ -122,7 +122,8 @@ def save_run_features(
     if labels is not None:
         tensors["labels"] = torch.as_tensor(labels).long().cpu().contiguous()
     if images is not None:
-        chosen = torch.stack([images[int(i)] if isinstance(images, torch.Tensor) else images(int(i)) for i in top.flatten()])
+        pick = images.__getitem__ if isinstance(images, torch.Tensor) else images
+        chosen = torch.stack([pick(int(i)) for i in top.flatten()])
         tensors["top_images"] = chosen.detach().cpu().reshape(*top.shape, *chosen.shape[1:]).contiguous()
     save_file(tensors, folder / RUN_FEATURES)
     if texts is not None:

@@ -202,8 +202,8 @@ def logistic_regression_accuracy(
     train, validation, test = (torch.as_tensor(index).cpu().numpy() for index in split)
     best_score, best_model = -1.0, None
     for c in inverse_regularization:
-        model = OneVsRestClassifier(LogisticRegression(C=check_positive(c, "inverse_regularization"), solver="liblinear"))
-        model.fit(x[train], y[train])
+        c = check_positive(c, "inverse_regularization")
+        model = OneVsRestClassifier(LogisticRegression(C=c, solver="liblinear")).fit(x[train], y[train])
         score = model.score(x[validation], y[validation])
         if score > best_score:
             best_score, best_model = score, model

@@ -199,12 +199,16 @@ def to_pil_image(image: Any) -> Any:
     if isinstance(image, (torch.Tensor, np.ndarray)):
         array = image.cpu().numpy() if isinstance(image, torch.Tensor) else image
         if array.dtype != np.uint8 or array.ndim not in (2, 3):
-            raise ValueError(f"image arrays must be uint8 (H, W), (C, H, W) or (H, W, C), got {array.dtype} {array.shape}")
+            raise ValueError(
+                f"image arrays must be uint8 (H, W), (C, H, W) or (H, W, C), got {array.dtype} {array.shape}"
+            )
         if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3):
             array = array.transpose(1, 2, 0)  # channels first -> last
         array = array[..., 0] if array.ndim == 3 and array.shape[-1] == 1 else array
         return Image.fromarray(np.ascontiguousarray(array)).convert("RGB")
-    raise ValueError(f"cannot read an image from a {type(image).__name__}; expected a PIL image, a path or a uint8 array")
+    raise ValueError(
+        f"cannot read an image from a {type(image).__name__}; expected a PIL image, a path or a uint8 array"
+    )
 
 
 # ------------------------------------------------------------------ sources
@@ -255,7 +259,8 @@ def from_hf_dataset(
         ('nothing at all',)
     """
     columns = list(dataset.column_names)
-    for argument, column in (("image_column", image_column), ("caption_column", caption_column), ("label_column", label_column)):
+    named = (("image_column", image_column), ("caption_column", caption_column), ("label_column", label_column))
+    for argument, column in named:
         if column is not None and column not in columns:
             raise ValueError(f"{argument}={column!r} is not a column of the dataset; its columns are {columns}")
     labels, classes = None, None
@@ -321,7 +326,8 @@ def load_csv(
     with open(path, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     header = list(rows[0]) if rows else []
-    for argument, column in (("image_column", image_column), ("caption_column", caption_column), ("label_column", label_column)):
+    named = (("image_column", image_column), ("caption_column", caption_column), ("label_column", label_column))
+    for argument, column in named:
         if column is not None and column not in header:
             raise ValueError(f"{argument}={column!r} is not a column of {path}; its header is {header}")
     images = [path.parent / row[image_column] for row in rows]
@@ -336,8 +342,10 @@ def load_folder(root: PathLike) -> ImageTextDataset:
     """Pairs from a folder tree of images, each captioned by the ``.txt`` file of the same name."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"folder {root} does not exist; point --data-root at a folder of images + .txt captions")
-    images = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.with_suffix(".txt").is_file())
+        raise FileNotFoundError(f"folder {root} does not exist; point --data-root at a folder of images and captions")
+    images = sorted(
+        p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.with_suffix(".txt").is_file()
+    )
     if not images:
         raise ValueError(f"{root} holds no image with a caption; expected e.g. 0001.jpg next to 0001.txt")
     return ImageTextDataset(images, [p.with_suffix(".txt").read_text(encoding="utf-8").strip() for p in images])
@@ -351,7 +359,9 @@ def _encode_labels(values: Sequence[Any]) -> tuple[list[int], list[str]]:
     return [index.get(name, -1) for name in names], classes
 
 
-def split_pairs(dataset: ImageTextDataset, test_fraction: float, seed: int = 0) -> tuple[ImageTextDataset, ImageTextDataset]:
+def split_pairs(
+    dataset: ImageTextDataset, test_fraction: float, seed: int = 0
+) -> tuple[ImageTextDataset, ImageTextDataset]:
     """A random ``(train, test)`` split of the pairs, the test part ``test_fraction`` of them."""
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction={test_fraction!r}; expected a fraction in (0, 1)")
@@ -414,7 +424,9 @@ class ImageTextCollate:
     ) -> None:
         self.transform, self.tokenizer, self.random_caption = transform, tokenizer, random_caption
 
-    def __call__(self, items: Sequence[tuple[Any, tuple[str, ...], int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, items: Sequence[tuple[Any, tuple[str, ...], int]]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         pixels = torch.stack([self.transform(image) for image, _, _ in items])
         if self.random_caption:
             picks = [int(torch.randint(len(captions), ())) for _, captions, _ in items]

@@ -21,9 +21,9 @@ Examples:
     >>> cl, ncl = InfoNCELoss(nonneg=None)(z1, z2), InfoNCELoss(nonneg="relu")(z1, z2)
 """
 
+from ncl_ext.losses._normalize import dead_row_fraction
 from ncl_ext.losses.clip import ClipLoss, SigLipLoss
 from ncl_ext.losses.cross_entropy import NonNegativeCrossEntropyLoss
-from ncl_ext.losses._normalize import dead_row_fraction
 from ncl_ext.losses.infonce import InfoNCELoss
 from ncl_ext.losses.spectral import SpectralContrastiveLoss
 

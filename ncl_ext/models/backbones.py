@@ -198,7 +198,8 @@ def _small_cnn_signed(in_channels: int = 1, pretrained: bool = False, **kwargs: 
 def _register_resnet(arch: str, cifar_stem: bool) -> None:
     def factory(in_channels: int = 3, pretrained: bool = False, **kwargs: Any) -> nn.Module:
         if kwargs:
-            raise ValueError(f"backbone {arch}{'_cifar' if cifar_stem else ''} takes no extra options; got {sorted(kwargs)}")
+            name = arch + ("_cifar" if cifar_stem else "")
+            raise ValueError(f"backbone {name} takes no extra options; got {sorted(kwargs)}")
         return torchvision_resnet(arch, cifar_stem, in_channels, "DEFAULT" if pretrained else None)
 
     register_backbone(arch + ("_cifar" if cifar_stem else ""))(factory)
@@ -231,5 +232,7 @@ def _hugging_face(folder: str, in_channels: int | None = None, pretrained: bool 
     model = AutoModel.from_pretrained(path, local_files_only=True, **kwargs)
     expected_channels = getattr(model.config, "num_channels", in_channels)
     if in_channels is not None and expected_channels != in_channels:
-        raise ValueError(f"backbone 'hf:{folder}' takes {expected_channels}-channel images, not in_channels={in_channels}")
+        raise ValueError(
+            f"backbone 'hf:{folder}' takes {expected_channels}-channel images, not in_channels={in_channels}"
+        )
     return model

@@ -182,7 +182,8 @@ def train(config: Config, name: str, context: Context, output: Path) -> ClipPart
     def compute_loss(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
         images, tokens, _ = batch
         out = model(images.to(accelerator.device), tokens.to(accelerator.device))
-        out = out if isinstance(out, dict) else dict(zip(("image_features", "text_features", "logit_scale", "logit_bias"), out))
+        if not isinstance(out, dict):  # open_clip's tuple output
+            out = dict(zip(("image_features", "text_features", "logit_scale", "logit_bias"), out))
         logit_scale = out["logit_scale"].float().clamp(max=100)  # open_clip's cap on the learned scale
         bias = out.get("logit_bias")
         loss = criterion(out["image_features"].float(), out["text_features"].float(), logit_scale,
@@ -243,7 +244,8 @@ def _caption_groups(captions: list[str]) -> torch.Tensor:
 
 
 def _save_top_activating(
-    config: Config, embeddings: PairEmbeddings, parts: ClipParts, test: ImageTextDataset, captions: list[str], output: Path
+    config: Config, embeddings: PairEmbeddings, parts: ClipParts, test: ImageTextDataset, captions: list[str],
+    output: Path,
 ) -> None:
     """Top-activating captions (markdown) and images (PNG) per dimension, and the comparison-figure data."""
     first_index: dict[str, int] = {}  # each distinct caption once (identical captions have identical features)

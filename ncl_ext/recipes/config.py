@@ -62,6 +62,8 @@ __all__ = [
     "write_config_file",
 ]
 
+#: The values of a ``device`` setting (``None``: the best available).
+DEVICES = (None, "cpu", "cuda", "mps")
 #: Settings that never change a trained model: where data and results live, the device.
 _NOT_TRAINING = ("data_root", "device", "runs", "num_workers")
 
@@ -216,7 +218,7 @@ def _problem(value: Any, checks: Mapping[str, Any]) -> str | None:
     if any(bound is not None for bound, _, _ in bounds):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             return "a finite number"
-        failed = [f"{symbol} {bound:g}" for bound, symbol, holds in bounds if bound is not None and not holds(value, bound)]
+        failed = [f"{sign} {bound:g}" for bound, sign, holds in bounds if bound is not None and not holds(value, bound)]
         if failed:
             return "a number " + " and ".join(failed)
     return None
@@ -373,14 +375,16 @@ class ImageRunSettings(Settings):
     """The settings every image recipe shares: the data :class:`~ncl_ext.data.image_data.ImageData` loads,
     the device and the training machinery."""
 
-    dataset: str = setting("digits", "which images to train on", choices=("digits", "cifar10", "cifar100", "imagenet100", "imagefolder"))
+    dataset: str = setting(
+        "digits", "which images to train on", choices=("digits", "cifar10", "cifar100", "imagenet100", "imagefolder")
+    )
     data_root: str | None = setting(None, "folder holding the dataset (never written to); not needed for digits")
     download: bool = setting(False, "download CIFAR into data_root when it is missing (needs internet)")
     holdout: float = setting(
         0.0, "share of the training images (per class) held out as a validation split that replaces the test "
         "images in evaluation: choose settings with it, then report with 0", minimum=0, below=1,
     )
-    device: str | None = setting(None, "cpu, cuda or mps; default: the best available", choices=(None, "cpu", "cuda", "mps"))
+    device: str | None = setting(None, "cpu, cuda or mps; default: the best available", choices=DEVICES)
     image_size: int | None = setting(None, "side of the square training images; default: the dataset's", minimum=1)
     momentum: float = setting(0.9, "SGD / LARS momentum", minimum=0, below=1)
     grad_accum_steps: int = setting(1, "batches per optimizer step", minimum=1)
@@ -427,13 +431,13 @@ def image_train_config(config: Any, num_processes: int, name: str) -> Any:
 
 def optimizer_summary(train_config: Any) -> dict[str, Any]:
     """The optimizer and schedule a :class:`~ncl_ext.training.TrainConfig` builds, for ``--dry-run``."""
+    start = train_config.lr * 1e-3 if train_config.warmup_start_lr is None else train_config.warmup_start_lr
     summary = {
         "name": train_config.optimizer,
         "lr": train_config.lr,
         "weight_decay": train_config.weight_decay,
         "schedule": (
-            f"linear warm-up over {train_config.warmup_epochs:g} epochs from "
-            f"{train_config.warmup_start_lr if train_config.warmup_start_lr is not None else train_config.lr * 1e-3:g}, "
+            f"linear warm-up over {train_config.warmup_epochs:g} epochs from {start:g}, "
             f"then cosine to {train_config.min_lr:g}, per step"
         ),
         "no_weight_decay": "biases and normalisation weights (1-D parameters)",

@@ -143,16 +143,19 @@ def evaluate(config: Config, name: str, model: ContrastiveModel, data: ImageData
     metrics["precision@10"] = analysis.retrieval_precision(test_z, test_y, k=10)
     ea_dims = analysis.expected_activation_order(train_z)[:keep]
     metrics[f"precision@10_ea{percent}"] = analysis.retrieval_precision(test_z[:, ea_dims], test_y, k=10)
-    draws = [analysis.random_dims(test_z.shape[1], keep, seed=config.seed + draw) for draw in range(config.random_draws)]
+    dim = test_z.shape[1]
+    draws = [analysis.random_dims(dim, keep, seed=config.seed + draw) for draw in range(config.random_draws)]
     metrics[f"precision@10_random{percent}"] = sum(
         analysis.retrieval_precision(test_z[:, dims], test_y, k=10) for dims in draws
     ) / len(draws)
 
     raw = data.raw_test_images()
     save_run_features(output, test_z, test_y, ea_order=analysis.expected_activation_order(train_z), images=raw)
-    analysis.plot_activation_frequency(test_z, output / "activation_frequency.png", title=f"{name}: activation frequency")
+    analysis.plot_activation_frequency(test_z, output / "activation_frequency.png", title=f"{name}: activation")
     analysis.plot_correlation_heatmap(test_z, output / "correlation.png", title=f"{name}: |cosine| between top-EA dims")
     if raw is not None:
-        analysis.plot_top_activating_images(test_z, raw, output / "top_activating_images.png", num_dims=config.top_images,
-                                            title=f"{name}: top-activating test images per dimension")
+        analysis.plot_top_activating_images(
+            test_z, raw, output / "top_activating_images.png", num_dims=config.top_images,
+            title=f"{name}: top-activating test images per dimension",
+        )
     return metrics

@@ -105,7 +105,9 @@ def test_gradients_are_those_of_relu_on_the_original():
     model, reference = wrapped_and_reference("clip_vit")
     images, texts = inputs_for(reference)
     (model.encode_image(images).square().sum() + model.encode_text(texts).sum()).backward()
-    (torch.relu(reference.encode_image(images)).square().sum() + torch.relu(reference.encode_text(texts)).sum()).backward()
+    image_part = torch.relu(reference.encode_image(images)).square().sum()
+    expected = image_part + torch.relu(reference.encode_text(texts)).sum()
+    expected.backward()
     for (name, param), ref_param in zip(model.model.named_parameters(), reference.parameters()):
         if ref_param.grad is None:
             assert param.grad is None, name
@@ -315,7 +317,8 @@ def test_collate_draws_training_captions_and_evaluates_the_first():
         [np.full((4, 4), 9 * i, np.uint8) for i in range(4)], [("a", "b", "c")] * 4, [0, 1, 0, 1], ["x", "y"]
     )
     seen = []
-    collate = image_text.ImageTextCollate(lambda image: torch.tensor(np.array(image), dtype=torch.float32), seen.extend, True)
+    to_tensor = lambda image: torch.tensor(np.array(image), dtype=torch.float32)  # noqa: E731
+    collate = image_text.ImageTextCollate(to_tensor, seen.extend, True)
     for _ in range(20):
         collate([pairs[i] for i in range(4)])
     assert set(seen) == {"a", "b", "c"}
