@@ -1,5 +1,6 @@
 """Tiny datasets written in the exact on-disk formats the loaders read (CIFAR pickles, ImageFolder PNGs)."""
 
+import csv
 import pickle
 
 import numpy as np
@@ -85,3 +86,23 @@ def python2_cifar_pickle(content):
 
     body = b"".join(string(key) + value(item) for key, item in content.items())
     return b"\x80\x02}(" + body + b"u."
+
+
+def write_pairs(folder, count=30, size=12):
+    """Coloured squares: class = colour; returns the CSV path and the pixel arrays."""
+    colours = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
+    rows, pixels = [], []
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        name = list(colours)[i % 3]
+        array = np.clip(np.array(colours[name]) + rng.integers(-25, 25, (size, size, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(array).save(folder / f"{i:03d}.png")
+        (folder / f"{i:03d}.txt").write_text(f"a {name} square number {i}")
+        rows.append({"image": f"{i:03d}.png", "caption": f"a {name} square", "label": name})
+        pixels.append(array)
+    path = folder / "pairs.csv"
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["image", "caption", "label"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path, pixels

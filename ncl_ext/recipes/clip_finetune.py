@@ -66,7 +66,14 @@ from ncl_ext.adapters.clip import ClipParts, PairEmbeddings, build_hf_clip, buil
 from ncl_ext.analysis.loading import save_run_features
 from ncl_ext.analysis.recall import recall_at_k
 from ncl_ext.checkpoint import write_text_atomically
-from ncl_ext.data.image_text import DATASETS, ImageTextCollate, ImageTextDataset, ImageTextSplits, load_pairs
+from ncl_ext.data.image_text import (
+    DATASETS,
+    ImageTextCollate,
+    ImageTextDataset,
+    ImageTextSplits,
+    load_pairs,
+    split_pairs,
+)
 from ncl_ext.losses import ClipLoss
 from ncl_ext.recipes.config import Settings, optimizer_summary, setting
 from ncl_ext.training import TrainConfig, Trainer, make_accelerator, seed_everything
@@ -84,6 +91,10 @@ class Config(Settings):
     split: str = setting("train", "dataset=hf: the training split")
     test_split: str | None = setting(None, "dataset=hf: the test split (None: test_fraction of the training pairs)")
     test_fraction: float = setting(0.2, "share of the pairs held out for testing", above=0, below=1)
+    holdout: float = setting(
+        0.0, "share of the training pairs held out as a validation split that replaces the test pairs in "
+        "evaluation: choose settings with it, then report with 0", minimum=0, below=1,
+    )
     image_column: str = setting("image", "dataset=hf/csv: the image column")
     caption_column: str = setting("caption", "dataset=hf/csv: the caption column")
     label_column: str | None = setting(None, "dataset=hf/csv: a class column (enables zero-shot accuracy)")
@@ -142,6 +153,8 @@ def prepare(config: Config, output: Path, data: ImageTextSplits | None = None) -
             test_fraction=config.test_fraction, seed=config.seed, image_column=config.image_column,
             caption_column=config.caption_column, label_column=config.label_column,
         )
+    if config.holdout:
+        data = ImageTextSplits(*split_pairs(data.train, config.holdout, config.seed), data.prompt_templates)
     return Context(accelerator, data, accelerator.device)
 
 

@@ -1,32 +1,25 @@
-"""CLIP with NCL: ncl_ext.adapters.clip, ncl_ext.data.image_text and the clip-finetune recipe.
+"""CLIP with NCL, the adapter: nonneg_clip on open_clip models and HFCLIPView on Hugging Face ones.
 
 Everything runs on tiny open_clip / Hugging Face models built offline from configs. The
 reference for a non-negative model is the same weights unwrapped (a deep copy made before
 wrapping) passed through torch.relu and F.normalize; checkpoints are checked with
-open_clip's own loaders and transformers' save_pretrained; recall has a closed-form case.
+open_clip's own loaders and transformers' save_pretrained.
 """
 
 from __future__ import annotations
 
 import copy
-import csv
-import json
-import logging
 import pickle
 
-import numpy as np
 import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 import ncl_ext
 from ncl_ext.adapters.clip import HFCLIPView, NonNegativeCLIP, nonneg_clip
-from ncl_ext.checkpoint import load_checkpoint
-from ncl_ext.data import image_text
 from ncl_ext.losses import ClipLoss
-from ncl_ext.recipes import clip_finetune, run_recipe
+from tests._tiny_models import tiny_hf
 
 VISION_VIT = dict(image_size=8, patch_size=4, width=16, layers=1, head_width=8, mlp_ratio=2.0)
 VISION_RESNET = dict(image_size=32, layers=(1, 1, 1, 1), width=8)
@@ -183,17 +176,6 @@ def test_bad_arguments_name_what_was_expected():
 # ------------------------------------------------------------------ Hugging Face models
 
 
-def tiny_hf(kind: str) -> torch.nn.Module:
-    from transformers import CLIPConfig, CLIPModel, SiglipConfig, SiglipModel
-
-    tiny = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37)
-    text = dict(tiny, vocab_size=80, max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1)
-    vision = dict(tiny, image_size=16, patch_size=8)
-    if kind == "clip":
-        return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).eval()
-    return SiglipModel(SiglipConfig(text_config=text, vision_config=vision)).eval()
-
-
 def embedding(output):
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
@@ -222,231 +204,3 @@ def test_hf_view_speaks_open_clip_and_is_non_negative_once_patched(kind):
     assert any("visual_projection" in n or "vision_model.head" in n for n in trainable)
     with pytest.raises(ValueError, match="Hugging Face dual encoder"):
         HFCLIPView(torch.nn.Linear(2, 2))
-
-
-# ------------------------------------------------------------------ data
-
-
-def test_digit_captions_vary_and_zero_shot_prompts_are_held_out():
-    splits = image_text.load_digit_captions(seed=0)
-    assert (len(splits.train), len(splits.test)) == (1437, 360)
-    assert splits.train.classes == list(image_text.DIGIT_NAMES)
-    image, captions, label = splits.train[5]
-    assert image.mode == "RGB" and image.size == (8, 8)
-    assert len(set(captions)) == len(image_text.DIGIT_CAPTION_TEMPLATES)
-    assert all(image_text.DIGIT_NAMES[label] in c or str(label) in c for c in captions)
-    every_caption = {c for pair in splits.train.captions + splits.test.captions for c in pair}
-    prompts = {t.format(name) for t in splits.prompt_templates for name in image_text.DIGIT_NAMES}
-    assert not prompts & every_caption
-    assert len({c for (c,) in splits.test.captions}) > 50  # test captions use many templates
-
-
-def write_pairs(folder, count=30, size=12):
-    """Coloured squares: class = colour; returns the CSV path and the pixel arrays."""
-    colours = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
-    rows, pixels = [], []
-    rng = np.random.default_rng(0)
-    for i in range(count):
-        name = list(colours)[i % 3]
-        array = np.clip(np.array(colours[name]) + rng.integers(-25, 25, (size, size, 3)), 0, 255).astype(np.uint8)
-        Image.fromarray(array).save(folder / f"{i:03d}.png")
-        (folder / f"{i:03d}.txt").write_text(f"a {name} square number {i}")
-        rows.append({"image": f"{i:03d}.png", "caption": f"a {name} square", "label": name})
-        pixels.append(array)
-    path = folder / "pairs.csv"
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["image", "caption", "label"])
-        writer.writeheader()
-        writer.writerows(rows)
-    return path, pixels
-
-
-def test_csv_folder_and_hf_sources_read_the_same_pairs(tmp_path):
-    import datasets
-
-    path, pixels = write_pairs(tmp_path, count=6)
-    from_csv = image_text.load_csv(path, label_column="label")
-    assert from_csv.classes == ["blue", "green", "red"] and from_csv.labels[:3] == [2, 1, 0]
-    from_folder = image_text.load_folder(tmp_path)
-    assert from_folder[4][1] == ("a green square number 4",) and from_folder.labels is None
-
-    table = datasets.Dataset.from_dict(
-        {"image": [Image.fromarray(p) for p in pixels], "text": [["first", "second"]] * 6, "label": [0, 1, 2] * 2},
-        features=datasets.Features(
-            {"image": datasets.Image(), "text": datasets.Sequence(datasets.Value("string")),
-             "label": datasets.ClassLabel(names=["red", "green", "blue"])}
-        ),
-    )
-    in_memory = image_text.from_hf_dataset(table, caption_column="text", label_column="label")
-    table.save_to_disk(str(tmp_path / "saved"))
-    from_disk = image_text.load_hf_dataset(str(tmp_path / "saved"), caption_column="text", label_column="label")
-    for pairs in (from_csv, from_folder, in_memory, from_disk):
-        for i in (0, 5):
-            np.testing.assert_array_equal(np.asarray(pairs[i][0]), pixels[i])
-    assert in_memory[1][1:] == (("first", "second"), 1) and in_memory.classes == ["red", "green", "blue"]
-    assert from_disk[2][1:] == in_memory[2][1:]
-
-    train, test = image_text.split_pairs(from_csv, test_fraction=0.5, seed=1)
-    assert sorted(train.captions + test.captions) == sorted(from_csv.captions) and len(test) == 3
-
-
-def test_bad_sources_say_what_was_expected(tmp_path):
-    path, _ = write_pairs(tmp_path, count=3)
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        image_text.load_csv(tmp_path / "missing.csv")
-    with pytest.raises(ValueError, match="caption_column='text' is not a column"):
-        image_text.load_csv(path, caption_column="text")
-    (tmp_path / "001.png").unlink()
-    with pytest.raises(FileNotFoundError, match="001.png"):
-        image_text.load_csv(path)
-    with pytest.raises(ValueError, match="--data-root"):
-        image_text.load_pairs("csv", None)
-    with pytest.raises(ValueError, match="dataset='imagenet' is unknown"):
-        image_text.load_pairs("imagenet")
-    with pytest.raises(ValueError, match="pair 1: captions must be"):
-        image_text.ImageTextDataset([np.zeros((2, 2), np.uint8)] * 2, ["fine", ""])
-    with pytest.raises(FileNotFoundError, match="folder of images"):
-        image_text.load_folder(tmp_path / "nowhere")
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="no image with a caption"):
-        image_text.load_folder(tmp_path / "empty")
-
-
-def test_collate_draws_training_captions_and_evaluates_the_first():
-    pairs = image_text.ImageTextDataset(
-        [np.full((4, 4), 9 * i, np.uint8) for i in range(4)], [("a", "b", "c")] * 4, [0, 1, 0, 1], ["x", "y"]
-    )
-    seen = []
-    to_tensor = lambda image: torch.tensor(np.array(image), dtype=torch.float32)  # noqa: E731
-    collate = image_text.ImageTextCollate(to_tensor, seen.extend, True)
-    for _ in range(20):
-        collate([pairs[i] for i in range(4)])
-    assert set(seen) == {"a", "b", "c"}
-    pixels, tokens, labels = image_text.ImageTextCollate(
-        lambda image: torch.tensor(np.array(image), dtype=torch.float32), lambda texts: texts
-    )([pairs[i] for i in range(4)])
-    assert pixels.shape == (4, 4, 4, 3) and tokens == ["a"] * 4 and labels.tolist() == [0, 1, 0, 1]
-
-
-# ------------------------------------------------------------------ the recipe
-
-TINY_RUN = {"epochs": 2, "batch_size": 8, "eval_batch_size": 16, "warmup_epochs": 0.0, "lr": 1e-3}
-METRICS = [
-    "zero_shot_acc", "i2t_recall@1", "t2i_recall@1", "i2t_recall@5", "t2i_recall@5", "i2t_recall@10",
-    "t2i_recall@10", "sparsity_image", "sparsity_text", "semantic_consistency_image",
-]
-
-
-def check_runs(runs: dict) -> None:
-    assert set(runs) == {"cl", "ncl"}
-    for metrics in runs.values():
-        assert set(METRICS) <= set(metrics)
-        for direction in ("i2t", "t2i"):
-            recalls = [metrics[f"{direction}_recall@{k}"] for k in (1, 5, 10)]
-            assert 0 <= recalls[0] <= recalls[1] <= recalls[2] <= 1
-        assert 0 <= metrics["zero_shot_acc"] <= 1
-    assert runs["cl"]["sparsity_image"] < 0.01 and runs["ncl"]["sparsity_image"] > 0.2
-
-
-def test_recipe_on_a_csv_of_pairs_resumes_and_exports_an_open_clip_folder(tmp_path, caplog):
-    path, _ = write_pairs(tmp_path, count=30)
-    overrides = dict(TINY_RUN, dataset="csv", label_column="label", test_fraction=1 / 3)
-    output = tmp_path / "out"
-    caplog.set_level(logging.INFO, logger="ncl_ext")
-    results = run_recipe("clip-finetune", overrides=overrides, data_root=str(path), output=output, device="cpu")
-    check_runs(results["runs"])
-    # 10 test pairs: the 10 nearest items are all of them, so every query finds its class.
-    assert results["runs"]["ncl"]["i2t_recall@10"] == 1.0 == results["runs"]["cl"]["t2i_recall@10"]
-    assert "| ncl |" in caplog.text
-    assert json.loads((output / "results.json").read_text())["runs"] == results["runs"]
-    for name in ("top_activating_images.png", "top_activating_captions.md", "feature_report_image.json"):
-        assert (output / "ncl" / name).is_file()
-
-    # The exported folder is an open_clip checkpoint holding the trained weights.
-    exported = open_clip.create_model(f"local-dir:{output / 'ncl' / 'model'}")
-    trained = clip_finetune.build_clip(clip_finetune.Config(), nonneg="relu").model
-    load_checkpoint(output / "ncl" / "checkpoints", trained)
-    images = torch.randn(2, 3, 8, 8)
-    torch.testing.assert_close(nonneg_clip(exported).encode_image(images), trained.encode_image(images), rtol=0, atol=0)
-    assert json.loads((output / "ncl" / "model" / "open_clip_config.json").read_text())["ncl_nonneg"] == "relu"
-
-    # Re-running the same command resumes: training is skipped, the metrics are the same.
-    step_files = sorted(p.name for p in (output / "cl" / "checkpoints").iterdir())
-    again = run_recipe("clip-finetune", overrides=overrides, data_root=str(path), output=output, device="cpu")
-    assert again["runs"] == results["runs"]
-    assert sorted(p.name for p in (output / "cl" / "checkpoints").iterdir()) == step_files
-
-
-def test_recipe_on_an_in_memory_hf_dataset(tmp_path):
-    import datasets
-
-    _, pixels = write_pairs(tmp_path, count=24)
-    names = ["red", "green", "blue"]
-    table = datasets.Dataset.from_dict(
-        {"image": [Image.fromarray(p) for p in pixels], "caption": [f"a {names[i % 3]} square" for i in range(24)],
-         "label": [i % 3 for i in range(24)]},
-        features=datasets.Features(
-            {"image": datasets.Image(), "caption": datasets.Value("string"), "label": datasets.ClassLabel(names=names)}
-        ),
-    )
-    pairs = image_text.from_hf_dataset(table, label_column="label")
-    data = image_text.ImageTextSplits(*image_text.split_pairs(pairs, test_fraction=10 / 24), ("a photo of {}",))
-    config = clip_finetune.Config(**TINY_RUN, device="cpu")
-    context = clip_finetune.prepare(config, tmp_path / "out", data=data)  # in-memory pairs instead of the settings'
-    runs = {}
-    for name in config.runs:
-        trained = clip_finetune.train(config, name, context, tmp_path / "out" / name)
-        runs[name] = clip_finetune.evaluate(config, name, trained, context, tmp_path / "out" / name)
-    check_runs(runs)
-
-
-def write_tiny_hf_clip(folder) -> None:
-    from transformers import CLIPImageProcessor, CLIPTokenizer
-
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for suffix in ("", "</w>"):
-        for char in "abcdefghijklmnopqrstuvwxyz0123456789,.":
-            vocab[char + suffix] = len(vocab)
-    try:
-        tokenizer = CLIPTokenizer(vocab=vocab, merges=[])  # transformers 5
-    except TypeError:  # transformers 4 reads the vocabulary from files
-        (folder / "vocab.json").write_text(json.dumps(vocab))
-        (folder / "merges.txt").write_text("#version: 0.2\n")
-        tokenizer = CLIPTokenizer(vocab_file=str(folder / "vocab.json"), merges_file=str(folder / "merges.txt"))
-    tiny_hf("clip").save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(folder)
-
-
-def test_hf_clip_preset_exports_a_checkpoint_that_from_pretrained_reproduces(tmp_path):
-    from transformers import CLIPModel
-
-    write_tiny_hf_clip(tmp_path / "hf")
-    path, _ = write_pairs(tmp_path, count=30)
-    overrides = dict(
-        TINY_RUN, dataset="csv", label_column="label", test_fraction=1 / 3, model=str(tmp_path / "hf"),
-        mixed_precision="no", num_workers=0,
-    )
-    output = tmp_path / "out"
-    results = run_recipe("clip-finetune", "hf-clip", overrides, str(path), output, device="cpu")
-    check_runs(results["runs"])
-
-    loaded = ncl_ext.from_pretrained(output / "ncl" / "model").eval()
-    assert loaded.config.ncl_nonneg["mode"] == "relu"
-    trained = HFCLIPView(ncl_ext.patch(CLIPModel(loaded.config).eval()))
-    load_checkpoint(output / "ncl" / "checkpoints", trained)
-    images, texts = torch.randn(2, 3, 16, 16), torch.randint(2, 80, (2, 16))
-    with torch.no_grad():
-        for got, want in zip(HFCLIPView(loaded)(images, texts), trained(images, texts)):
-            torch.testing.assert_close(got, want, rtol=0, atol=0)
-
-
-def test_presets_without_their_model_say_what_to_pass(tmp_path):
-    with pytest.raises(ValueError, match="pretrained=/path/open_clip_pytorch_model.bin"):
-        run_recipe("clip-finetune", "openclip", {"epochs": 1}, output=tmp_path, device="cpu")
-    with pytest.raises(ValueError, match="source=hf needs model=/path"):
-        run_recipe("clip-finetune", "hf-clip", {"epochs": 1}, output=tmp_path, device="cpu")
-    with pytest.raises(ValueError, match="runs="):
-        clip_finetune.Config(runs=("cl", "both"))
-    with pytest.raises(ValueError, match="source='jax'"):
-        clip_finetune.Config(source="jax")
