@@ -3,51 +3,21 @@
 Non-negative Contrastive Learning (Wang, Zhang, Guo, Wang, ICLR 2024, arXiv:2403.12459)
 applied to CLIP (Radford et al., ICML 2021): the same model, data, seed and batches are
 trained twice with open_clip's contrastive loss, once as is (CL) and once with a
-non-negative map on the image and text embeddings (NCL), then compared on
+non-negative map on the image and text embeddings (NCL), and compared on zero-shot
+accuracy, image -> text and text -> image recall@K, the feature reports of both embeddings
+and the top-activating images and captions per dimension.
 
-- ``zero_shot_acc``: zero-shot classification of the test images from class names and
-  prompt templates (open_clip's ``build_zero_shot_classifier``), when the pairs have labels;
-- ``i2t_recall@K`` / ``t2i_recall@K`` (K = 1, 5, 10): image -> text and text -> image
-  retrieval among the test pairs; a hit is a retrieved item of the query's class when the
-  pairs have labels (interchangeable captions such as "a handwritten 7"), else the
-  query's own pair (any pair with the identical caption counts);
-- ``sparsity_image`` / ``sparsity_text`` and ``semantic_consistency_image`` / ``_text``
-  (:func:`ncl_ext.analysis.feature_report` of the test embeddings; the full reports go to
-  ``OUTPUT/RUN/feature_report_{image,text}.json``);
-- the top-activating test images and captions of the most active dimensions
-  (``OUTPUT/RUN/top_activating_images.png``, ``top_activating_captions.md``).
-
-Design: NCL is the model, not the loss. The NCL run trains
-:func:`ncl_ext.adapters.clip.nonneg_clip` (open_clip) or an :func:`ncl_ext.patch`-ed HF
-model, and both runs use the plain ``ncl_ext.losses.ClipLoss()``. So the fine-tuned NCL
-model is non-negative wherever it is used afterwards (zero-shot, retrieval, export), and
-one evaluation code serves both runs. (``ClipLoss(nonneg="relu")`` is the alternative for
-training code that keeps its own model; it makes the same loss.) With several processes
-the loss gathers features with gradients and scores local rows only (``local_loss``).
-
-Presets:
-
-- ``digits`` (default, offline): ``digits-tiny``, a small open_clip CLIP from the config
-  file shipped in ``ncl_ext/adapters/open_clip_configs`` (8x8 ViT with 2x2 patches, a
-  2-layer text transformer, open_clip's own BPE tokenizer, 256-d embeddings), trained from
-  random init on scikit-learn's digits captioned from ten templates; zero-shot on the 360
-  held-out test digits with prompt phrasings no caption uses. Temperature 0.2 at init
-  (NCL's InfoNCE temperature), learnable as in CLIP.
-- ``openclip``: fine-tunes pretrained open_clip ``ViT-B-32`` (``laion2b_s34b_b79k``). The
-  tag is downloaded from the Hugging Face hub; offline, pass a local checkpoint file
-  (``pretrained=/path/open_clip_pytorch_model.bin``) or folder (``model=local-dir:/path``).
-- ``hf-clip``: fine-tunes a local Hugging Face CLIP / SigLIP folder (``model=/path``).
-
-Every preset trains on the digits unless told otherwise: ``dataset=csv|folder|hf`` with
-``--data-root`` reads your pairs (see :mod:`ncl_ext.data.image_text`). Each run exports
-its fine-tuned model to ``OUTPUT/RUN/model``: an open_clip folder
-(``open_clip.create_model("local-dir:OUTPUT/ncl/model")``, then ``nonneg_clip``) or an HF
-folder (``ncl_ext.from_pretrained("OUTPUT/ncl/model")`` restores the head).
+NCL is the model, not the loss: the NCL run trains :func:`ncl_ext.adapters.clip.nonneg_clip`
+(open_clip) or an :func:`ncl_ext.patch`-ed HF model with the plain ``ClipLoss()``, so the
+fine-tuned model stays non-negative wherever it is used afterwards, and one evaluation
+serves both runs. Presets (``recipes/clip-finetune/*.yaml``, described in its README):
+``digits`` (offline), ``openclip``, ``hf-clip``; ``dataset=csv|folder|hf`` reads your pairs.
+In-memory pairs: ``prepare(config, output, data=ImageTextSplits(...))``, then ``train`` and
+``evaluate`` per run.
 
 Examples:
     ncl-ext run clip-finetune                                           # digits, CL vs NCL, CPU
     ncl-ext run clip-finetune dataset=csv --data-root pairs.csv label_column=label
-    ncl-ext run clip-finetune --preset openclip dataset=hf --data-root ./coco_saved test_split=validation
     ncl-ext run clip-finetune --preset hf-clip model=./clip-vit-base-patch32 lock_image=true
 """
 

@@ -2,10 +2,12 @@
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -140,10 +142,14 @@ def test_an_unwritable_or_file_shadowed_output_fails_before_training(tmp_path, c
 
 
 def test_presets_ship_in_a_non_editable_install(tmp_path):
-    target = tmp_path / "site"
+    # Build from a copy, so the checkout gets no build/ folder.
+    repository = Path(__file__).resolve().parents[2]
+    source, target = tmp_path / "source", tmp_path / "site"
+    shutil.copytree(repository, source, ignore=shutil.ignore_patterns(".git", "build", "runs", "*.egg-info",
+                                                                          "__pycache__", ".pytest_cache"))
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--quiet", "--target",
-         str(target), str(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))],
+         str(target), str(source)],
         check=True, capture_output=True,
     )
     assert (target / "ncl_ext" / "presets" / "vision-ssl" / "cifar10.yaml").is_file()
