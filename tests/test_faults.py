@@ -125,3 +125,51 @@ def test_report_refuses_an_output_that_is_a_file_and_unreadable_features(tmp_pat
 
     assert main(["report", str(tmp_path / "missing.pt")]) == 2
     assert "missing.pt" in capsys.readouterr().err
+
+
+def _entry_points():
+    """(call, expected error, text the message must contain) for the public Python entry points."""
+    import ncl_ext
+    from ncl_ext import analysis, losses, models
+    from ncl_ext.recipes import run_recipe
+
+    z = torch.randn(4, 8)
+    return {
+        "nonneg mode": (lambda: ncl_ext.nonneg(z, "bogus"), ValueError, "mode='bogus'"),
+        "NonNegative mode": (lambda: ncl_ext.NonNegative("bogus"), ValueError, "mode='bogus'"),
+        "make_nonneg model": (lambda: ncl_ext.make_nonneg("not a module"), ValueError, "model must be"),
+        "InfoNCELoss temperature": (lambda: losses.InfoNCELoss(temperature=0), ValueError, "temperature"),
+        "InfoNCELoss nonneg": (lambda: losses.InfoNCELoss(nonneg="bogus"), ValueError, "nonneg='bogus'"),
+        "InfoNCELoss NaN": (lambda: losses.InfoNCELoss()(z * float("nan"), z), ValueError, "z1"),
+        "InfoNCELoss shapes": (lambda: losses.InfoNCELoss()(z, z[:3]), ValueError, "batch size"),
+        "SpectralContrastiveLoss dead batch": (
+            lambda: losses.SpectralContrastiveLoss(nonneg="relu")(-z.abs(), -z.abs()), ValueError, "z1"),
+        "ClipLoss logit_scale": (lambda: losses.ClipLoss()(z, z, torch.ones(2)), ValueError, "logit_scale"),
+        "NonNegativeCrossEntropyLoss labels": (
+            lambda: losses.NonNegativeCrossEntropyLoss(8, 3)(z, torch.tensor([0, 1, 2, 7])), ValueError, "labels"),
+        "ContrastiveModel projector": (
+            lambda: models.ContrastiveModel(models.SmallCNN(), projector_dims=(0,)), ValueError, "projector_dims"),
+        "build_backbone name": (lambda: models.build_backbone("resnet7"), ValueError, "resnet7"),
+        "feature_report NaN": (lambda: analysis.feature_report(z * float("nan")), ValueError, "NaN"),
+        "feature_report labels": (lambda: analysis.feature_report(z, [0, 1]), ValueError, "labels"),
+        "retrieval_precision k": (lambda: analysis.retrieval_precision(z, [0, 1, 0, 1], k=9), ValueError, "k=9"),
+        "SparseIndex backend": (lambda: analysis.SparseIndex(z.relu(), backend="gpu"), ValueError, "backend"),
+        "select_top_dims fraction": (lambda: analysis.select_top_dims(z, 1.5), ValueError, "num_dims"),
+        "run_recipe name": (lambda: run_recipe("bogus"), ValueError, "recipe='bogus'"),
+        "run_recipe preset": (lambda: run_recipe("vision-ssl", preset="mnist"), ValueError, "preset='mnist'"),
+        "run_recipe key": (lambda: run_recipe("vision-ssl", overrides=["epoch=3"]), ValueError, "'epoch'"),
+        "from_pretrained path": (
+            lambda: ncl_ext.from_pretrained("/no/such/model"), FileNotFoundError, "/no/such/model"),
+        "load_checkpoint folder": (lambda: load_checkpoint("/no/such/run", torch.nn.Linear(2, 2)), FileNotFoundError,
+                                   "/no/such/run"),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_entry_points()))
+def test_public_entry_points_refuse_bad_input_with_a_message_naming_it(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a recipe that did start would write under runs/ here
+    call, error, text = _entry_points()[name]
+    with pytest.raises(error) as raised:
+        call()
+    assert text in str(raised.value) and "\n" not in str(raised.value).strip()
+    assert not (tmp_path / "runs").exists()
