@@ -53,7 +53,8 @@ def main() -> None:
             for run, metrics in results["runs"].items():
                 scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
                 rows.append({"value": value, "seed": seed, "run": run, "seconds": seconds, **scalars})
-            print(f"{args.setting}={value} seed={seed}: {seconds} s", flush=True)
+            score = results["runs"].get(choose_run, {}).get(choose_metric)
+            print(f"{args.setting}={value} seed={seed}: {args.choose} = {score}, {seconds} s", flush=True)
 
     def mean(value: str, run: str, metric: str) -> float:
         values = [row[metric] for row in rows if row["value"] == value and row["run"] == run and metric in row]

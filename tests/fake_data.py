@@ -1,4 +1,4 @@
-"""Tiny datasets written in the exact on-disk formats the loaders read (CIFAR pickles, ImageFolder PNGs)."""
+"""Tiny datasets written in the exact on-disk formats the loaders read (CIFAR pickles, ImageFolder PNGs, STS-B)."""
 
 import csv
 import pickle
@@ -106,3 +106,28 @@ def write_pairs(folder, count=30, size=12):
         writer.writeheader()
         writer.writerows(rows)
     return path, pixels
+
+
+def write_sts(path, rows):
+    """Rows ``(score, sentence1, sentence2)`` in the STS benchmark's original tab-separated layout."""
+    lines = []
+    for index, (score, first, second) in enumerate(rows):
+        extra = "\tsource-a\tsource-b" if index % 3 == 0 else ""  # some original rows carry source columns
+        lines.append(f"main-captions\tMSRvid\t2012test\t{index:04d}\t{score}\t{first}\t{second}{extra}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def sts_rows(count, seed):
+    """Sentence pairs over the tiny vocabulary: paraphrases (high score) and unrelated pairs (low)."""
+    from tests._tiny_models import WORDS
+
+    generator = np.random.default_rng(seed)
+    rows = []
+    for index in range(count):
+        words = list(generator.choice(WORDS, size=5))
+        if index % 2 == 0:
+            rows.append((4.0 + float(generator.uniform(0, 1)), " ".join(words), " ".join(words[1:] + ["and"])))
+        else:
+            other = list(generator.choice(WORDS, size=5))
+            rows.append((float(generator.uniform(0, 2)), " ".join(words), " ".join(other)))
+    return rows

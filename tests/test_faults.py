@@ -5,7 +5,7 @@ Damaged checkpoints, bad settings for every recipe, unwritable outputs and unrea
 beside their modules; this file covers the command line and the training loop.)
 """
 
-import json
+import datetime
 import logging
 import shutil
 
@@ -118,7 +118,7 @@ def test_report_refuses_an_output_that_is_a_file_and_unreadable_features(tmp_pat
     assert "garbage.pt" in error and "weights_only=False" not in error and error.count("\n") == 1
 
     pickled = tmp_path / "object.pt"
-    torch.save({"features": torch.rand(3, 2), "extra": json}, pickled)  # a module object: not weights-only
+    torch.save({"features": torch.rand(3, 2), "extra": datetime.date(2020, 1, 1)}, pickled)  # not weights-only
     assert main(["report", str(pickled)]) == 2
     error = capsys.readouterr().err
     assert "object.pt" in error and "weights_only=False" not in error and "refused" in error

@@ -42,7 +42,9 @@ from torch import nn
 
 from ncl_ext.nonneg import NonNegative, check_mode, nonneg
 
-__all__ = ["GRACE", "OBJECTIVES", "GCNEncoder", "GraphAugmentation", "PyGCLInfoNCE", "graph_inputs", "normalized_adjacency"]
+__all__ = [
+    "GRACE", "OBJECTIVES", "GCNEncoder", "GraphAugmentation", "PyGCLInfoNCE", "graph_inputs", "normalized_adjacency",
+]
 
 #: The contrastive objectives :class:`GRACE` can train with.
 OBJECTIVES = ("infonce", "spectral")
@@ -220,7 +222,8 @@ class GRACE(nn.Module):
         """Node embeddings ``(N, embedding_dim)``: the encoder output, before projector and head.
 
         Takes ``(x, edge_index)``, a PyG ``Data`` / ``Batch`` (``x`` and ``edge_index`` or
-        ``adj_t``), or ``x`` with a torch sparse or ``torch_sparse.SparseTensor`` adjacency.
+        ``adj_t``), or ``x`` with a torch sparse or ``torch_sparse.SparseTensor`` adjacency
+        read as PyG reads one, transposed (see :func:`graph_inputs`).
         """
         return self.encoder(*graph_inputs(x, edge_index))
 
@@ -256,38 +259,56 @@ class GRACE(nn.Module):
 
 
 def graph_inputs(x: Any, edge_index: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(x, edge_index)`` from ``(x, edge_index)``, a PyG ``Data`` / ``Batch`` or a sparse adjacency.
+    """``(x, edge_index)`` from ``(x, edge_index)``, a PyG ``Data`` / ``Batch``, or ``x`` with a sparse adjacency.
+
+    A sparse adjacency (a torch sparse COO / CSR / CSC tensor or a ``torch_sparse.SparseTensor``,
+    as the second argument or as ``data.adj_t``) is read the way PyG's message passing reads
+    one: *transposed*, ``adj_t[target, source]`` (what ``ToSparseTensor`` stores and
+    ``GCNConv(x, adj_t)`` expects), so the edge ``source -> target`` comes back as the column
+    ``(source, target)`` of ``edge_index``. Only the structure is used: an adjacency whose
+    stored values are not all 1 (edge weights) is refused rather than silently unweighted.
 
     Examples:
         >>> from torch_geometric.data import Data
-        >>> graph = Data(x=torch.ones(3, 2), edge_index=torch.tensor([[0, 1], [1, 2]]))
-        >>> graph_inputs(graph)[1].tolist()
+        >>> from torch_geometric.utils import to_torch_coo_tensor
+        >>> edge_index = torch.tensor([[0, 1], [1, 2]])             # 0 -> 1 -> 2
+        >>> graph_inputs(Data(x=torch.ones(3, 2), edge_index=edge_index))[1].tolist()
         [[0, 1], [1, 2]]
-        >>> adjacency = torch.sparse_coo_tensor(torch.tensor([[0, 1], [1, 2]]), torch.ones(2), (3, 3), check_invariants=True)
-        >>> graph_inputs(torch.ones(3, 2), adjacency)[1].tolist()
+        >>> adj_t = to_torch_coo_tensor(edge_index.flip(0), size=3)  # adj_t[target, source]
+        >>> graph_inputs(torch.ones(3, 2), adj_t)[1].tolist()
         [[0, 1], [1, 2]]
     """
     if edge_index is None:
         if not (hasattr(x, "x") and (hasattr(x, "edge_index") or hasattr(x, "adj_t"))):
             raise ValueError(
-                f"expected (x, edge_index) or a torch_geometric Data / Batch with x and edge_index, got {type(x).__name__}"
+                "expected (x, edge_index) or a torch_geometric Data / Batch with x and edge_index, "
+                f"got {type(x).__name__}"
             )
         x, edge_index = x.x, x.edge_index if getattr(x, "edge_index", None) is not None else x.adj_t
     if not isinstance(x, torch.Tensor) or x.dim() != 2:
         raise ValueError(f"x must be a (num_nodes, num_features) tensor, got {getattr(x, 'shape', type(x).__name__)}")
-    if isinstance(edge_index, torch.Tensor) and not edge_index.is_sparse and edge_index.layout == torch.strided:
+    if isinstance(edge_index, torch.Tensor) and edge_index.layout == torch.strided:
         if edge_index.dim() != 2 or edge_index.shape[0] != 2:
             raise ValueError(f"edge_index must be a (2, num_edges) tensor, got shape {tuple(edge_index.shape)}")
         return x, edge_index
     from torch_geometric.utils import to_edge_index
 
+    if isinstance(edge_index, torch.Tensor) and edge_index.layout == torch.sparse_coo:
+        edge_index = edge_index.coalesce()  # duplicate entries are one edge
     try:
-        edge_index, _ = to_edge_index(edge_index)  # torch sparse (COO / CSR) or torch_sparse.SparseTensor
+        transposed, values = to_edge_index(edge_index)  # torch sparse (COO / CSR / CSC) or torch_sparse.SparseTensor
     except (TypeError, ValueError, AttributeError, RuntimeError) as error:
         raise ValueError(
-            f"the adjacency must be an edge_index, a torch sparse tensor or a SparseTensor, got {type(edge_index).__name__}"
+            "the adjacency must be an edge_index, a torch sparse tensor or a SparseTensor, "
+            f"got {type(edge_index).__name__}"
         ) from error
-    return x, edge_index
+    # A SparseTensor has sparse_sizes(), a torch sparse tensor a shape.
+    size = tuple(edge_index.sparse_sizes() if hasattr(edge_index, "sparse_sizes") else edge_index.shape)
+    if size != (x.shape[0], x.shape[0]):
+        raise ValueError(f"the adjacency has shape {size}; expected (num_nodes, num_nodes) = {(x.shape[0],) * 2}")
+    if values is not None and not bool((values == 1).all()):
+        raise ValueError("the adjacency has edge weights (values other than 1); GRACE uses the graph structure only")
+    return x, transposed.flip(0)
 
 
 class PyGCLInfoNCE:
@@ -321,7 +342,13 @@ class PyGCLInfoNCE:
         self.nonneg = check_mode(nonneg, argument="nonneg", allow_none=True)
 
     def compute(
-        self, anchor: torch.Tensor, sample: torch.Tensor, pos_mask: torch.Tensor, neg_mask: torch.Tensor, *args, **kwargs
+        self,
+        anchor: torch.Tensor,
+        sample: torch.Tensor,
+        pos_mask: torch.Tensor,
+        neg_mask: torch.Tensor,
+        *args,
+        **kwargs,
     ) -> torch.Tensor:
         expected = (anchor.shape[0], sample.shape[0])
         for name, mask in (("pos_mask", pos_mask), ("neg_mask", neg_mask)):

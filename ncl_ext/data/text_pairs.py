@@ -14,13 +14,18 @@ Every reader returns the column layout ``SentenceTransformerTrainer`` and its lo
 - :func:`read_nli_triplets`: NLI data (SNLI/MultiNLI, e.g. sentence-transformers'
   ``AllNLI.tsv.gz``) turned into (premise, entailed, contradicted) triplets.
 - :func:`load_hub_pairs`: any Hugging Face dataset, with columns selected and renamed.
+- :func:`duplicate_retrieval`: an STS split as a retrieval task (each sentence of a pair scored
+  at least ``min_score`` must find its partner among all sentences of the split), in the
+  ``(queries, corpus, relevant_docs)`` form of sentence-transformers' ``InformationRetrievalEvaluator``.
+- :func:`sample_sentences`: distinct sentences of a pair dataset, drawn at random.
+- :func:`load_sts_benchmark`: STS-B train and dev, from a folder of the original files or the hub.
 
 Examples:
     >>> dev = read_sts_csv("stsbenchmark/sts-dev.csv")                   # doctest: +SKIP
-    >>> dev.column_names
+    >>> dev.column_names                                                  # doctest: +SKIP
     ['sentence1', 'sentence2', 'score']
     >>> train = sts_positive_pairs(read_sts_csv("stsbenchmark/sts-train.csv"), min_score=4.0)  # doctest: +SKIP
-    >>> train.column_names
+    >>> train.column_names                                                # doctest: +SKIP
     ['anchor', 'positive']
 """
 
@@ -29,6 +34,7 @@ from __future__ import annotations
 import csv
 import gzip
 import os
+import random
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,16 +44,22 @@ from datasets import Dataset
 
 __all__ = [
     "STS_COLUMNS",
+    "STS_FILES",
+    "duplicate_retrieval",
     "load_hub_pairs",
+    "load_sts_benchmark",
     "read_nli_triplets",
     "read_pairs_tsv",
     "read_sts_csv",
+    "sample_sentences",
     "sts_positive_pairs",
 ]
 
 #: The leading columns of the STS benchmark's original CSV files.
 STS_COLUMNS: tuple[str, ...] = ("genre", "file", "year", "id", "score", "sentence1", "sentence2")
 STS_MAX_SCORE = 5.0
+#: The STS benchmark files a data root must hold: train and dev.
+STS_FILES: tuple[str, ...] = ("sts-train.csv", "sts-dev.csv")
 
 
 def read_sts_csv(path: str | os.PathLike) -> Dataset:
@@ -98,6 +110,63 @@ def sts_positive_pairs(sts: Dataset, min_score: float = 4.0) -> Dataset:
     if len(kept) == 0:
         raise ValueError(f"no STS pair is scored >= min_score={min_score}")
     return Dataset.from_dict({"anchor": list(kept["sentence1"]), "positive": list(kept["sentence2"])})
+
+
+def duplicate_retrieval(
+    sts: Dataset, min_score: float = 4.0
+) -> tuple[dict[str, str], dict[str, str], dict[str, set[str]]]:
+    """An STS split as duplicate retrieval: find a sentence's paraphrase partner among all its sentences.
+
+    The corpus is every distinct sentence of the split (ids ``"0"``, ``"1"``, ... in order of first
+    appearance); a query is a sentence that belongs to a pair scored at least ``min_score`` with
+    a different sentence, and its relevant documents are those partners. A query's id is its
+    corpus id, so a search should drop that hit (the query itself), as BEIR does.
+
+    Returns:
+        ``(queries, corpus, relevant_docs)``: ``{id: sentence}``, ``{id: sentence}`` and
+        ``{query id: {corpus ids}}``, the arguments of ``InformationRetrievalEvaluator``.
+
+    Examples:
+        >>> sts = Dataset.from_dict({"sentence1": ["a cat", "a cat", "a dog"],
+        ...                          "sentence2": ["the cat", "a car", "the dog"], "score": [4.5, 0.5, 3.0]})
+        >>> queries, corpus, relevant = duplicate_retrieval(sts)
+        >>> corpus
+        {'0': 'a cat', '1': 'the cat', '2': 'a car', '3': 'a dog', '4': 'the dog'}
+        >>> queries, relevant
+        ({'0': 'a cat', '1': 'the cat'}, {'0': {'1'}, '1': {'0'}})
+    """
+    if not 0.0 <= min_score <= STS_MAX_SCORE:
+        raise ValueError(f"min_score must be in [0, 5], got {min_score!r}")
+    ids: dict[str, str] = {}
+    for text in (text for pair in zip(sts["sentence1"], sts["sentence2"]) for text in pair):
+        ids.setdefault(text, str(len(ids)))
+    relevant: dict[str, set[str]] = defaultdict(set)
+    for first, second, score in zip(sts["sentence1"], sts["sentence2"], sts["score"]):
+        if score >= min_score and first != second:
+            relevant[ids[first]].add(ids[second])
+            relevant[ids[second]].add(ids[first])
+    if not relevant:
+        raise ValueError(f"no pair of two different sentences is scored >= min_score={min_score}")
+    corpus = {cid: text for text, cid in ids.items()}
+    queries = {qid: corpus[qid] for qid in sorted(relevant, key=int)}
+    return queries, corpus, {qid: relevant[qid] for qid in queries}
+
+
+def sample_sentences(pairs: Dataset, count: int, seed: int = 0) -> list[str]:
+    """``count`` distinct sentences of all the columns of ``pairs``, drawn at random (all when there are fewer).
+
+    A random draw, not the first rows: files such as STS-B train are sorted by genre.
+
+    Examples:
+        >>> pairs = Dataset.from_dict({"anchor": ["a", "b", "a"], "positive": ["c", "a", "d"]})
+        >>> sorted(sample_sentences(pairs, 10))
+        ['a', 'b', 'c', 'd']
+    """
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"count must be an int >= 1, got {count!r}")
+    columns = [pairs[column] for column in pairs.column_names]
+    sentences = list(dict.fromkeys(text for row in zip(*columns) for text in row))
+    return random.Random(seed).sample(sentences, min(count, len(sentences)))
 
 
 def read_pairs_tsv(path: str | os.PathLike) -> Dataset:
@@ -185,6 +254,37 @@ def load_hub_pairs(
         raise ValueError(f"renamed needs a name for each of the {len(columns)} columns, got {list(renamed)}")
     dataset = dataset.select_columns(list(columns))
     return dataset.rename_columns({old: new for old, new in zip(columns, renamed) if old != new})
+
+
+def load_sts_benchmark(data_root: str | os.PathLike | None, hub_dataset: str | None = None) -> tuple[Dataset, Dataset]:
+    """STS-B ``(train, dev)`` as ``(sentence1, sentence2, score)`` tables, scores on the original 0..5 scale.
+
+    From ``data_root`` holding the original ``sts-train.csv`` and ``sts-dev.csv``, or, with no
+    ``data_root``, from the hub dataset ``hub_dataset`` (e.g. ``sentence-transformers/stsb``,
+    whose scores in [0, 1] are rescaled to 0..5). The error says where to point ``--data-root``.
+    """
+    if data_root is None:
+        if hub_dataset is None:
+            raise FileNotFoundError(
+                f"the STS benchmark is needed: pass --data-root DIR, where DIR holds {' and '.join(STS_FILES)} "
+                "(the original tab-separated STS-B files, e.g. ../shared/data/stsbenchmark), "
+                "or, online, hub_dataset=sentence-transformers/stsb"
+            )
+        columns = ("sentence1", "sentence2", "score")
+        splits = (load_hub_pairs(hub_dataset, split=split, columns=columns, renamed=columns)
+                  for split in ("train", "validation"))
+        rescale = {"function": lambda score: {"score": score * STS_MAX_SCORE}, "input_columns": "score"}
+        train, dev = (split.map(**rescale) for split in splits)
+        return train, dev
+    root = Path(data_root)
+    missing = [name for name in STS_FILES if not (root / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"--data-root {root} lacks {', '.join(missing)}; point it at the folder holding the STS benchmark's "
+            f"{' and '.join(STS_FILES)} (e.g. ../shared/data/stsbenchmark)"
+        )
+    train, dev = (read_sts_csv(root / name) for name in STS_FILES)
+    return train, dev
 
 
 def _open_text(path: str | os.PathLike) -> IO[str]:

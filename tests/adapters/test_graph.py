@@ -12,7 +12,7 @@ from torch_geometric.datasets import KarateClub
 from torch_geometric.nn import GCNConv
 from torch_geometric.nn.models import GraphSAGE
 
-from ncl_ext.adapters.graph import GRACE, GCNEncoder, GraphAugmentation, PyGCLInfoNCE
+from ncl_ext.adapters.graph import GRACE, GCNEncoder, GraphAugmentation, PyGCLInfoNCE, graph_inputs
 from ncl_ext.data.graphs import load_graph_dataset, planted_partition_graph
 
 CORA_RAW = Path(__file__).resolve().parents[3] / "shared" / "data" / "planetoid" / "Cora" / "raw"
@@ -137,7 +137,8 @@ def test_spectral_objective_equals_the_reference(generated):
     torch.manual_seed(5)
     with torch.no_grad():
         u1, u2 = (model.project(model(*view(generated.x, generated.edge_index))) for view in views)
-    assert float(loss.detach()) == pytest.approx(spectral_loss_reference(u1.double().numpy(), u2.double().numpy()), rel=1e-4)
+    expected = spectral_loss_reference(u1.double().numpy(), u2.double().numpy())
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-4)
 
 
 def test_training_on_a_generated_graph_lowers_the_loss_with_any_pyg_encoder(generated):
@@ -189,6 +190,94 @@ def test_bad_arguments_raise_clear_errors(karate):
         PyGCLInfoNCE(tau=0.5)(torch.randn(3, 2), torch.randn(3, 2), pos_mask=torch.eye(2))
     with pytest.raises(ValueError, match="temperature"):
         GRACE(GCNEncoder(4, 4), temperature=0.0)
+
+
+# ------------------------------------------------------------------ graph inputs: Data, Batch, sparse adjacencies
+
+
+def directed_graph() -> tuple[torch.Tensor, torch.Tensor]:
+    """A small directed graph (edges in one direction only), so that a transposed reading would show."""
+    generator = torch.Generator().manual_seed(4)
+    source = torch.arange(12)
+    edge_index = torch.cat([torch.stack([source, (source + 1) % 12]), torch.stack([source[:6], source[:6] + 5])], dim=1)
+    return torch.rand(12, 6, generator=generator), edge_index
+
+
+def sparse_adjacencies(edge_index: torch.Tensor, num_nodes: int) -> dict[str, torch.Tensor]:
+    """The transposed adjacency ``adj_t[target, source]`` (PyG's convention) in each torch sparse layout."""
+    from torch_geometric.utils import to_torch_coo_tensor
+
+    adj_t = to_torch_coo_tensor(edge_index.flip(0), size=num_nodes)
+    return {"coo": adj_t, "csr": adj_t.to_sparse_csr(), "csc": adj_t.to_sparse_csc()}
+
+
+@pytest.mark.parametrize("layout", ["coo", "csr"])  # PyG's gcn_norm has no CSC
+def test_a_sparse_adjacency_is_read_as_pyg_message_passing_reads_it(layout):
+    x, edge_index = directed_graph()
+    adj_t = sparse_adjacencies(edge_index, len(x))[layout]
+    torch.manual_seed(0)
+    encoder = GCNEncoder(6, 4, num_layers=1)
+    # Independent reference: PyG's own GCNConv given the same sparse adjacency, with the encoder's weights.
+    conv = GCNConv(6, 4)
+    conv.lin.weight.data, conv.bias.data = encoder.linears[0].weight.data.clone(), encoder.biases[0].data.clone()
+    expected = torch.relu(conv(x, adj_t))
+    torch.testing.assert_close(encoder(*graph_inputs(x, adj_t)), expected, rtol=1e-5, atol=1e-6)
+    assert sorted(map(tuple, graph_inputs(x, adj_t)[1].T.tolist())) == sorted(map(tuple, edge_index.T.tolist()))
+
+
+@pytest.mark.parametrize("form", ["data", "batch", "data_adj_t", "coo", "csr"])
+def test_grace_gives_the_same_loss_and_embeddings_for_every_graph_form(form):
+    from torch_geometric.data import Batch, Data
+
+    x, edge_index = directed_graph()
+    adjacencies = sparse_adjacencies(edge_index, len(x))
+    graph = {
+        "data": lambda: (Data(x=x, edge_index=edge_index),),
+        "batch": lambda: (Batch.from_data_list([Data(x=x, edge_index=edge_index)]),),
+        "data_adj_t": lambda: (Data(x=x, adj_t=adjacencies["coo"]),),
+        "coo": lambda: (x, adjacencies["coo"]),
+        "csr": lambda: (x, adjacencies["csr"]),
+    }[form]()
+    # The views drop each edge with a random draw in edge order: a sparse adjacency stores its
+    # edges sorted by (target, source), so its reference is edge_index in that order.
+    by_target = (edge_index[1] * len(x) + edge_index[0]).argsort()
+    reference = edge_index if form in ("data", "batch") else edge_index[:, by_target]
+    torch.manual_seed(0)
+    model = GRACE(GCNEncoder(6, 8), nonneg="relu", temperature=0.5)
+    torch.manual_seed(1)
+    expected_loss = model.training_step(x, reference)["loss"]
+    torch.manual_seed(1)
+    loss = model.training_step(*graph)["loss"]
+    torch.testing.assert_close(loss, expected_loss)
+    torch.testing.assert_close(model.embed(*graph), model.embed(x, edge_index))
+    torch.testing.assert_close(model.head_features(*graph), model.head_features(x, edge_index))
+
+
+def test_torch_sparse_sparse_tensor_is_read_transposed():
+    torch_sparse = pytest.importorskip("torch_sparse")
+    x, edge_index = directed_graph()
+    adj_t = torch_sparse.SparseTensor(row=edge_index[1], col=edge_index[0], sparse_sizes=(len(x), len(x)))
+    torch.manual_seed(0)
+    encoder = GCNEncoder(6, 4)
+    torch.testing.assert_close(encoder(*graph_inputs(x, adj_t)), encoder(x, edge_index))
+
+
+def test_bad_graph_inputs_raise_clear_errors():
+    from torch_geometric.utils import to_torch_coo_tensor
+
+    x, edge_index = directed_graph()
+    with pytest.raises(ValueError, match="Data / Batch"):
+        graph_inputs(x)
+    with pytest.raises(ValueError, match="edge_index must be a \\(2, num_edges\\)"):
+        graph_inputs(x, edge_index.T)
+    with pytest.raises(ValueError, match="x must be"):
+        graph_inputs(x[0], edge_index)
+    with pytest.raises(ValueError, match="adjacency must be"):
+        graph_inputs(x, [[0, 1], [1, 0]])
+    with pytest.raises(ValueError, match="num_nodes, num_nodes"):
+        graph_inputs(x, to_torch_coo_tensor(edge_index, size=20))
+    with pytest.raises(ValueError, match="edge weights"):
+        graph_inputs(x, to_torch_coo_tensor(edge_index, torch.full((edge_index.shape[1],), 0.5), size=12))
 
 
 # ------------------------------------------------------------------ data
@@ -280,6 +369,26 @@ def test_default_recipe_runs_offline_on_the_generated_graph(tmp_path):
     assert results["preset"] == "synthetic" and set(results["runs"]) == {"cl", "ncl"}
     assert "public_split_acc" not in results["runs"]["cl"]
     assert results["runs"]["ncl"]["sparsity"] > 0.3 and results["runs"]["cl"]["sparsity"] < 0.05
+
+
+def test_ncl_run_gets_its_own_temperature_and_head_width(tmp_path):
+    from ncl_ext.recipes import graph_contrastive
+    from ncl_ext.recipes.runner import resolve_config
+
+    overrides = [*QUICK, "num_nodes=60", "num_features=20", "temperature=0.4", "ncl_temperature_scale=0.5",
+                 "ncl_projection_scale=2", "epochs=1"]
+    config, _ = resolve_config("graph-contrastive", overrides=overrides, device="cpu")
+    context = graph_contrastive.prepare(config, tmp_path)
+    cl = graph_contrastive.train(config, "cl", context, tmp_path / "cl")
+    ncl = graph_contrastive.train(config, "ncl", context, tmp_path / "ncl")
+    assert cl.loss.temperature == pytest.approx(0.4) and ncl.loss.temperature == pytest.approx(0.2)
+    assert cl.nonneg is None and ncl.nonneg == "relu"
+    assert cl.head_features(context.graph).shape[1] == 16 and ncl.head_features(context.graph).shape[1] == 32
+    # The encoders (what the node probe sees) keep GRACE's size and start from the same weights.
+    assert cl.embed(context.graph).shape == ncl.embed(context.graph).shape == (60, 16)
+    metrics = graph_contrastive.evaluate(config, "ncl", ncl, context, tmp_path / "ncl")
+    assert 0.0 <= metrics["node_val_acc_mean"] <= 1.0
+    assert metrics["active_dims"] + metrics["dead_dims"] == 32
 
 
 def test_cli_reports_a_missing_data_root_on_one_line(capsys, tmp_path):

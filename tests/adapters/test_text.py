@@ -1,4 +1,4 @@
-"""Sentence embeddings: the non-negative head, the NCL ranking losses, STS data and the recipe.
+"""Sentence embeddings: the non-negative head, the NCL ranking losses, sparse encoders, evaluators, engines.
 
 Tiny real sentence-transformers models are built offline from a small ``BertConfig`` and a
 word-level vocabulary; expected values come from numpy re-implementations in this file.
@@ -6,66 +6,57 @@ word-level vocabulary; expected values come from numpy re-implementations in thi
 
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
+import sentence_transformers
 import torch
 from datasets import Dataset
-from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+from packaging.version import Version
+from scipy.stats import spearmanr
+from sentence_transformers import (
+    SentenceTransformer,
+    SentenceTransformerTrainer,
+    SentenceTransformerTrainingArguments,
+    SparseEncoder,
+    SparseEncoderTrainer,
+    SparseEncoderTrainingArguments,
+)
 from sentence_transformers.sentence_transformer.losses import (
     CachedMultipleNegativesRankingLoss,
     MatryoshkaLoss,
     MultipleNegativesRankingLoss,
 )
-from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling, Transformer
-from transformers import BertConfig, BertModel, BertTokenizerFast
+from sentence_transformers.sentence_transformer.modules import Dense, Normalize
+from sentence_transformers.sparse_encoder.evaluation import SparseInformationRetrievalEvaluator
+from transformers import BertConfig, BertModel
 
 import ncl_ext
-from ncl_ext.adapters.text import CachedNCLRankingLoss, NCLRankingLoss, NCLSpectralLoss, add_nonneg_head
-from ncl_ext.cli import main as cli_main
-from ncl_ext.data.text_pairs import (
-    load_hub_pairs,
-    read_nli_triplets,
-    read_pairs_tsv,
-    read_sts_csv,
-    sts_positive_pairs,
+from ncl_ext.adapters.text import (
+    CachedNCLRankingLoss,
+    NCLRankingLoss,
+    NCLSpectralLoss,
+    PrecomputedRetrievalEvaluator,
+    PrecomputedSimilarityEvaluator,
+    QdrantSparseIndex,
+    SeismicSparseIndex,
+    STSRetrievalScorer,
+    add_nonneg_head,
+    freeze_lower_layers,
+    sparse_encoder,
+    train_on_pairs,
 )
-from ncl_ext.recipes import run_recipe
-from ncl_ext.recipes.sentence_embedding import _ea_sentences
-
-WORDS = (
-    "a the man woman child dog cat horse plays runs eats rides sings guitar piano flute food bread "
-    "ball park street river is on in with and small big red green"
-).split()
-SENTENCES = [
-    "a man plays guitar",
-    "a woman plays piano",
-    "the dog runs in the park",
-    "a cat eats food",
-    "a child rides a horse",
-    "the woman sings",
-    "a big red ball",
-    "the small green river",
-]
-HIDDEN = 32
+from ncl_ext.analysis import SparseIndex
+from ncl_ext.nonneg import rep_relu
+from tests._tiny_models import HIDDEN, SENTENCES, WORDS, save_tiny_sentence_transformer
 
 
 @pytest.fixture(scope="module")
 def tiny_path(tmp_path_factory):
     """A tiny BERT + word-level tokenizer, saved as a SentenceTransformer folder."""
-    path = tmp_path_factory.mktemp("tiny-bert")
-    (path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]))
-    BertTokenizerFast.from_pretrained(path).save_pretrained(path)  # reads vocab.txt: one token per word
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(WORDS) + 5, hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=48, max_position_embeddings=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-    )
-    BertModel(config).save_pretrained(path)
-    transformer = Transformer(str(path))
-    model = SentenceTransformer(modules=[transformer, Pooling(HIDDEN, "mean"), Normalize()], device="cpu")
-    model.save(str(path / "st"))
-    return path / "st"
+    return save_tiny_sentence_transformer(tmp_path_factory.mktemp("tiny-bert"))
 
 
 @pytest.fixture
@@ -81,7 +72,9 @@ def np_ranking_loss(anchors, candidates, scale=20.0, nonneg=None):
     """numpy in-batch InfoNCE: anchor i's positive is candidates[0][i], every candidate row is in its softmax."""
     if nonneg == "relu":
         anchors, candidates = np.maximum(anchors, 0), [np.maximum(c, 0) for c in candidates]
-    unit = lambda x: x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-8)
+    def unit(x):
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-8)
+
     a, docs = unit(anchors), unit(np.concatenate(candidates))
     logits = scale * a @ docs.T
     log_z = np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) + logits.max(1)
@@ -325,6 +318,304 @@ def test_sentence_transformer_trainer_trains_with_the_losses(model, tmp_path, lo
     assert (model.encode(SENTENCES) >= 0).all()
 
 
+# --- NCL as a native SparseEncoder --------------------------------------------------------
+
+
+def np_head_embeddings(model, sentences, head):
+    """ReLU(pooled @ W.T + b) computed in numpy from the Pooling output and the head's weights."""
+    weight, bias = head.linear.weight.detach().numpy(), head.linear.bias.detach().numpy()
+    return np.maximum(pooled_embeddings(model, sentences) @ weight.T + bias, 0)
+
+
+def np_top_k(rows, k):
+    """Each row's k largest values kept, the others zeroed."""
+    kept = np.zeros_like(rows)
+    for i, row in enumerate(rows):
+        top = np.argsort(-row, kind="stable")[:k]
+        kept[i, top] = row[top]
+    return kept
+
+
+def test_sparse_encoder_encodes_non_negative_sparse_rows_with_max_active_dims(tiny_path):
+    torch.manual_seed(0)
+    encoder = sparse_encoder(tiny_path, dim=96, mode="relu", device="cpu")
+    assert isinstance(encoder, SparseEncoder)
+    assert [type(module).__name__ for module in encoder] == ["Transformer", "Pooling", "Dense"]
+    assert encoder.similarity_fn_name == "cosine"
+    torch.nn.init.normal_(encoder[2].linear.bias, std=0.5)  # denser than 32 units before the cut
+    embeddings = encoder.encode(SENTENCES, max_active_dims=32)
+    assert embeddings.is_sparse and embeddings.shape == (len(SENTENCES), 96)
+    dense = embeddings.to_dense().numpy()
+    assert (dense >= 0).all()
+    assert ((dense != 0).sum(1) <= 32).all() and ((dense != 0).sum(1) == 32).any()
+    full = np_head_embeddings(encoder, SENTENCES, encoder[2])
+    assert ((full > 0).sum(1) > 32).all()  # so the cut did something
+    np.testing.assert_allclose(dense, np_top_k(full, 32), atol=1e-5)
+    stats = encoder.sparsity(embeddings)
+    assert stats["active_dims"] == pytest.approx((dense != 0).sum(1).mean())
+    decoded = encoder.decode(embeddings[0], top_k=5)
+    assert len(decoded) == 5 and [w for _, w in decoded] == sorted((w for _, w in decoded), reverse=True)
+    assert decoded[0][1] == pytest.approx(dense[0].max(), rel=1e-5)
+    similarity = encoder.similarity(embeddings, embeddings).numpy()
+    unit = dense / np.linalg.norm(dense, axis=1, keepdims=True)
+    np.testing.assert_allclose(similarity, unit @ unit.T, atol=1e-5)
+
+
+def test_saved_sparse_encoder_reloads_as_a_plain_sparse_encoder_without_ncl_ext(tiny_path, tmp_path):
+    encoder = sparse_encoder(tiny_path, dim=48, mode="rep_relu", max_active_dims=8, device="cpu")
+    torch.nn.init.normal_(encoder[2].linear.bias)
+    expected = encoder.encode(SENTENCES).to_dense().numpy()
+    encoder.save(str(tmp_path))
+    modules = json.loads((tmp_path / "modules.json").read_text())
+    assert all(entry["type"].startswith("sentence_transformers.") for entry in modules)
+    script = (
+        "import json, sys\n"
+        "from sentence_transformers import SparseEncoder\n"
+        f"encoder = SparseEncoder({str(tmp_path)!r}, device='cpu')\n"  # trust_remote_code defaults to False
+        f"rows = encoder.encode({SENTENCES!r}).to_dense().tolist()\n"
+        "loaded = sorted(name for name in sys.modules if name.startswith('ncl_ext'))\n"
+        "print(json.dumps({'rows': rows, 'ncl_ext': loaded, 'max_active_dims': encoder.max_active_dims,\n"
+        "                  'similarity': encoder.similarity_fn_name}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    reloaded = json.loads(done.stdout.strip().splitlines()[-1])
+    assert reloaded["ncl_ext"] == [] and reloaded["similarity"] == "cosine"
+    saves_max_active_dims = Version(sentence_transformers.__version__) >= Version("6.2")  # not saved before 6.2
+    assert reloaded["max_active_dims"] == (8 if saves_max_active_dims else None)
+    np.testing.assert_allclose(np.array(reloaded["rows"]), expected, atol=1e-6)
+
+
+def test_sparse_encoder_keeps_an_existing_non_negative_head(model):
+    add_nonneg_head(model, "relu", dim=40)
+    head = model[2]
+    encoder = sparse_encoder(model)
+    assert encoder[2] is head and len(encoder) == 3  # Normalize left out
+    st_rows = model.encode(SENTENCES)
+    rows = encoder.encode(SENTENCES).to_dense().numpy()
+    np.testing.assert_allclose(rows / np.linalg.norm(rows, axis=1, keepdims=True), st_rows, atol=1e-5)
+    with pytest.raises(ValueError, match="Softplus head"):
+        sparse_encoder(add_nonneg_head(SentenceTransformer(str(model_path_of(model)), device="cpu"), "softplus"))
+
+
+def model_path_of(model):
+    return model[0].auto_model.name_or_path.rsplit("/", 1)[0] + "/st"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"mode": None}, ValueError, "mode=None"),
+        ({"mode": "identity"}, ValueError, "not non-negative"),
+        ({"mode": "exp"}, ValueError, "mode='exp'"),
+        ({"dim": 0}, ValueError, "dim must be"),
+        ({"max_active_dims": 0}, ValueError, "max_active_dims must be"),
+    ],
+)
+def test_sparse_encoder_rejects_bad_arguments(tiny_path, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        sparse_encoder(tiny_path, **kwargs)
+
+
+def test_sparse_encoder_rejects_a_missing_path_and_other_models(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no modules.json"):
+        sparse_encoder(tmp_path / "missing")
+    with pytest.raises(ValueError, match="SentenceTransformer"):
+        sparse_encoder(torch.nn.Linear(3, 3))
+
+
+PAIRS = Dataset.from_dict({"anchor": SENTENCES, "positive": SENTENCES[1:] + SENTENCES[:1]})
+
+
+@pytest.mark.parametrize("loss_name", ["ranking", "cached", "spectral"])
+def test_sparse_encoder_trainer_trains_with_the_ncl_losses(tiny_path, tmp_path, loss_name, seed_and_one_thread):
+    encoder = sparse_encoder(tiny_path, dim=48, mode="rep_relu", device="cpu")
+    loss = {
+        "ranking": lambda: NCLRankingLoss(encoder, nonneg=None),
+        "cached": lambda: CachedNCLRankingLoss(encoder, nonneg=None, mini_batch_size=2),
+        "spectral": lambda: NCLSpectralLoss(encoder, nonneg=None),
+    }[loss_name]()
+    args = SparseEncoderTrainingArguments(
+        output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=4, learning_rate=1e-2,
+        logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, seed=0,
+    )
+    before = encoder[2].linear.weight.detach().clone()
+    trainer = SparseEncoderTrainer(model=encoder, args=args, train_dataset=PAIRS, loss=loss)
+    trainer.train()
+    assert not torch.equal(encoder[2].linear.weight.detach(), before)
+    logs = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logs) == 3 and all(math.isfinite(value) for value in logs)
+    assert (encoder.encode(SENTENCES).to_dense() >= 0).all()
+
+
+def test_train_on_pairs_trains_only_the_unfrozen_layers_and_the_head(tiny_path, tmp_path, seed_and_one_thread):
+    encoder = sparse_encoder(tiny_path, dim=24, device="cpu")
+    freeze_lower_layers(encoder, 1)
+    before = {name: p.detach().clone() for name, p in encoder.named_parameters()}
+    log = train_on_pairs(encoder, NCLRankingLoss(encoder, nonneg=None), PAIRS, tmp_path, max_steps=2, batch_size=4,
+                         lr=1e-3, head_lr=1e-2, use_cpu=True)
+    assert log[-1]["step"] == 2
+    changed = {name for name, p in encoder.named_parameters() if not torch.equal(p.detach(), before[name])}
+    assert "2.linear.weight" in changed and any(".layer.1." in name for name in changed)
+    assert not any(".layer.0." in name or "embeddings" in name for name in changed)
+    with pytest.raises(ValueError, match="exceeds the model's 2 layers"):
+        freeze_lower_layers(encoder, 3)
+
+
+def test_sparse_evaluators_run_on_the_ncl_encoder(tiny_path):
+    encoder = sparse_encoder(tiny_path, dim=48, device="cpu")
+    corpus = {str(i): text for i, text in enumerate(SENTENCES)}
+    queries = {"q": "a man plays the guitar"}
+    evaluator = SparseInformationRetrievalEvaluator(queries, corpus, {"q": {"0"}}, max_active_dims=8, write_csv=False)
+    metrics = evaluator(encoder)
+    assert 0 <= metrics[evaluator.primary_metric] <= 1
+    assert metrics["corpus_active_dims"] <= 8 and metrics["query_active_dims"] <= 8
+
+
+# --- dead rows: bounded gradient while training ---------------------------------------------
+
+
+def test_a_dead_row_gets_a_bounded_gradient_while_training(model, tmp_path):
+    add_nonneg_head(model, "rep_relu", dim=48)
+    head, normalize = model[2], model[3]
+    with torch.no_grad():
+        head.linear.bias.fill_(-0.1)  # an all-zero input row is dead: every unit is at -0.1
+    pooled = 3 * torch.randn(8, HIDDEN, generator=torch.Generator().manual_seed(0))
+    pooled[0] = 0
+    loss_fn = NCLRankingLoss(model, nonneg=None)
+
+    def input_gradients(embed):
+        inputs = pooled.clone().requires_grad_()
+        embeddings = embed(inputs)
+        loss_fn.compute_loss_from_embeddings([embeddings[:4], embeddings[4:]], None).backward()
+        return embeddings.detach(), inputs.grad.norm(dim=1)
+
+    model.train()
+    embeddings, norms = input_gradients(lambda x: normalize(head({"sentence_embedding": x}))["sentence_embedding"])
+    assert (embeddings[0] == 0).all() and (embeddings[1:] != 0).any(dim=1).all()
+    live_median = norms[1:].median()
+    assert torch.isfinite(norms).all() and 0 < norms[0] <= 10 * live_median
+
+    # The same computation written out without the bound: the dead row's gradient explodes.
+    weight, bias = head.linear.weight.detach(), head.linear.bias.detach()
+    plain = lambda x: torch.nn.functional.normalize(rep_relu(x @ weight.T + bias), dim=1)  # noqa: E731
+    _, plain_norms = input_gradients(plain)
+    assert not (plain_norms[0] <= 1e6 * live_median)  # ~1e24 or inf
+    torch.testing.assert_close(plain_norms[1:], norms[1:])  # live rows are untouched
+
+    # Hooks are not saved: the reloaded head is the plain Dense, with the same embeddings.
+    model.eval()
+    model.save(str(tmp_path))
+    reloaded = SentenceTransformer(str(tmp_path), device="cpu")
+    assert not reloaded[2]._forward_hooks and not reloaded[2].activation_function._forward_hooks
+    np.testing.assert_allclose(reloaded.encode(SENTENCES), model.encode(SENTENCES), atol=1e-6)
+
+
+# --- evaluators on precomputed embeddings and search backends ----------------------------
+
+
+def test_precomputed_similarity_evaluator_matches_scipy_spearman(model):
+    first, second, gold = SENTENCES[:4], SENTENCES[4:], [0.5, 4.0, 2.0, 3.0]
+    texts = SENTENCES
+    embeddings = torch.randn(len(texts), 6, generator=torch.Generator().manual_seed(1))
+    unit = torch.nn.functional.normalize(embeddings, dim=1).numpy()
+    cosines = [float(unit[texts.index(a)] @ unit[texts.index(b)]) for a, b in zip(first, second)]
+    dots = [float(embeddings[texts.index(a)] @ embeddings[texts.index(b)]) for a, b in zip(first, second)]
+    for name, values in (("cosine", cosines), ("dot", dots)):
+        evaluator = PrecomputedSimilarityEvaluator(first, second, gold, similarity_fn_name=name)
+        assert evaluator.spearman(texts, embeddings) == pytest.approx(spearmanr(values, gold)[0])
+    evaluator.spearman(texts, embeddings, model)  # with a model: recorded in its model card, as the evaluator does
+    assert model.model_card_data.eval_results_dict
+
+
+def test_precomputed_retrieval_evaluator_scores_rankings_by_hand():
+    corpus = {str(i): f"doc {i}" for i in range(5)}
+    queries = {"0": "doc 0", "3": "doc 3"}
+    relevant = {"0": {"2"}, "3": {"1", "4"}}
+    evaluator = PrecomputedRetrievalEvaluator(queries, corpus, relevant, k=2)
+    # query 0 finds itself (dropped), then 1, then 2; query 3 finds 4, itself (dropped), then 0
+    indices = torch.tensor([[0, 1, 2], [4, 3, 0]])
+    scores = torch.tensor([[1.0, 0.9, 0.8], [0.9, 0.8, 0.1]])
+    metrics = evaluator.score(scores, indices)
+    assert metrics["mrr@2"] == pytest.approx((1 / 2 + 1) / 2)
+    assert metrics["recall@2"] == pytest.approx((1 + 1 / 2) / 2)
+    ndcg_0 = (1 / math.log2(3)) / 1.0
+    ndcg_3 = 1.0 / (1 + 1 / math.log2(3))
+    assert metrics["ndcg@2"] == pytest.approx((ndcg_0 + ndcg_3) / 2)
+    with pytest.raises(ValueError, match="one per query"):
+        evaluator.score(scores[:1], indices[:1])
+
+
+def test_sts_retrieval_scorer_gives_the_same_metrics_for_dense_and_sparse_search():
+    sts = Dataset.from_dict({
+        "sentence1": ["a cat", "a dog", "a car", "the sun"],
+        "sentence2": ["the cat", "the dog", "a bus", "a star"],
+        "score": [4.5, 4.0, 1.0, 0.5],
+    })
+    scorer = STSRetrievalScorer(sts, min_score=4.0, top_k=2, timing_repeats=1)
+    assert scorer.texts == ["a cat", "the cat", "a dog", "the dog", "a car", "a bus", "the sun", "a star"]
+    # cat words share dimension 0, dog words dimension 1; each row also has a dimension of its own
+    embeddings = torch.zeros(8, 10)
+    embeddings[[0, 1], 0] = 1.0
+    embeddings[[2, 3], 1] = 1.0
+    embeddings[torch.arange(8), 2 + torch.arange(8)] = 0.5
+    dense = scorer.score(embeddings, sparse=False)
+    sparse = scorer.score(embeddings, sparse=True)
+    for name in ("spearman", "mrr@2", "ndcg@2", "recall@2"):
+        assert dense[name] == pytest.approx(sparse[name])
+    assert dense["mrr@2"] == 1.0 and dense["recall@2"] == 1.0  # every partner ranks first
+    assert dense["index_kib"] == pytest.approx(4 * 8 * 10 / 1024)
+    assert sparse["index_kib"] == pytest.approx(8 * (12 + 8) / 1024)  # 12 non-zeros, 8 rows
+    assert scorer.compare_engine(QdrantSparseIndex, embeddings, queries=4)["recall_vs_exact"] == 1.0
+    with pytest.raises(ValueError, match="one per text"):
+        scorer.score(embeddings[:3], sparse=False)
+    with pytest.raises(ValueError, match="similarity='l2'"):
+        scorer.score(embeddings, sparse=False, similarity="l2")
+
+
+def corpus_sentences(count, seed=0):
+    generator = np.random.default_rng(seed)
+    sentences = {" ".join(generator.choice(WORDS, size=6)) for _ in range(2 * count)}
+    return sorted(sentences)[:count]
+
+
+@pytest.fixture(scope="module")
+def ncl_rows(tiny_path):
+    """L2-normalised NCL embeddings of 80 distinct sentences, cut to 16 active dims per row."""
+    torch.manual_seed(0)
+    encoder = sparse_encoder(tiny_path, dim=64, device="cpu")
+    rows = encoder.encode(corpus_sentences(80), max_active_dims=16).to_dense()
+    return torch.nn.functional.normalize(rows, dim=1)
+
+
+def test_qdrant_local_mode_top10_equals_the_exact_sparse_index(ncl_rows):
+    queries = ncl_rows[:30] + 0.01 * ncl_rows[30:60]  # near-duplicates of corpus rows, not copies
+    exact_scores, exact = SparseIndex(ncl_rows).search(queries, 10)
+    index = QdrantSparseIndex(ncl_rows)  # QdrantClient(":memory:"): in process, no server
+    scores, found = index.search(queries, 10)
+    recall = np.mean([len(set(a.tolist()) & set(b.tolist())) / 10 for a, b in zip(found, exact)])
+    assert recall >= 0.99
+    torch.testing.assert_close(scores, exact_scores, atol=1e-5, rtol=1e-5)
+    assert index.client.count(index.collection).count == len(ncl_rows)
+
+
+def test_qdrant_index_rejects_bad_input():
+    with pytest.raises(ValueError, match="NaN"):
+        QdrantSparseIndex(torch.tensor([[1.0, float("nan")]]))
+    with pytest.raises(ValueError, match="2-D"):
+        QdrantSparseIndex(torch.ones(3))
+
+
+def test_seismic_finds_nearly_the_exact_top10(ncl_rows):
+    pytest.importorskip("seismic")
+    queries = ncl_rows[:30] + 0.01 * ncl_rows[30:60]
+    _, exact = SparseIndex(ncl_rows).search(queries, 10)
+    scores, found = SeismicSparseIndex(ncl_rows, summary_energy=1.0).search(queries, 10, query_cut=16)
+    recall = np.mean([len(set(a.tolist()) & set(b.tolist())) / 10 for a, b in zip(found, exact)])
+    assert recall >= 0.95  # approximate: block summaries may skip a document
+    assert (scores[:, :-1] >= scores[:, 1:]).all()
+
+
 # --- multi-GPU gathering, checked with two gloo processes --------------------------------
 
 WORLD_SIZE, BATCH_PER_RANK = 2, 3
@@ -406,179 +697,3 @@ def test_hf_encoder_with_mean_pooling_round_trips_through_patch(tmp_path):
     model.save_pretrained(tmp_path)
     reloaded = ncl_ext.from_pretrained(tmp_path).eval()
     torch.testing.assert_close(mean_pooled(reloaded), expected)
-
-
-# --- data -------------------------------------------------------------------------------
-
-
-def write_sts(path, rows):
-    lines = []
-    for index, (score, first, second) in enumerate(rows):
-        extra = "\tsource-a\tsource-b" if index % 3 == 0 else ""  # some original rows carry source columns
-        lines.append(f"main-captions\tMSRvid\t2012test\t{index:04d}\t{score}\t{first}\t{second}{extra}")
-    path.write_text("\n".join(lines) + "\n")
-
-
-def test_read_sts_csv_keeps_quotes_and_filters_positive_pairs(tmp_path):
-    rows = [(5.0, 'a man says "hi"', "a man says hi"), (1.2, "a cat", "a dog"), (4.0, "x's", 'y "z')]
-    write_sts(tmp_path / "sts.csv", rows)
-    sts = read_sts_csv(tmp_path / "sts.csv")
-    assert sts["sentence1"] == [r[1] for r in rows] and sts["sentence2"] == [r[2] for r in rows]
-    assert sts["score"] == [5.0, 1.2, 4.0]
-    pairs = sts_positive_pairs(sts, min_score=4.0)
-    assert pairs.column_names == ["anchor", "positive"]
-    assert pairs["anchor"] == ['a man says "hi"', "x's"]
-
-
-def test_read_sts_csv_rejects_malformed_rows(tmp_path):
-    (tmp_path / "short.csv").write_text("genre\tfile\t2012\t0001\t4.0\tonly one sentence\n")
-    with pytest.raises(ValueError, match=r"short.csv:1: expected 7"):
-        read_sts_csv(tmp_path / "short.csv")
-    write_sts(tmp_path / "bad.csv", [(4.0, "a", "b"), ("high", "c", "d")])
-    with pytest.raises(ValueError, match=r"bad.csv:2: the score column holds 'high'"):
-        read_sts_csv(tmp_path / "bad.csv")
-    write_sts(tmp_path / "range.csv", [(7.5, "a", "b")])
-    with pytest.raises(ValueError, match="outside"):
-        read_sts_csv(tmp_path / "range.csv")
-    with pytest.raises(FileNotFoundError):
-        read_sts_csv(tmp_path / "missing.csv")
-
-
-def test_read_pairs_tsv_and_nli_triplets(tmp_path):
-    (tmp_path / "pairs.tsv").write_text('anchor\tpositive\na "q"\ta doc\nb\tc\n')
-    pairs = read_pairs_tsv(tmp_path / "pairs.tsv")
-    assert pairs["anchor"] == ['a "q"', "b"] and pairs["positive"] == ["a doc", "c"]
-    (tmp_path / "bad.tsv").write_text("one\ttwo\tthree\n")
-    with pytest.raises(ValueError, match="bad.tsv:1: expected 2"):
-        read_pairs_tsv(tmp_path / "bad.tsv")
-    nli = "split\tdataset\tfilename\tsentence1\tsentence2\tlabel\n" + "\n".join(
-        [
-            "train\tSNLI\tx\tP1\tE1\tentailment",
-            "train\tSNLI\tx\tP1\tC1\tcontradiction",
-            "train\tSNLI\tx\tP1\tE2\tentailment",
-            "train\tSNLI\tx\tP1\tN1\tneutral",
-            "train\tSNLI\tx\tP2\tE3\tentailment",  # no contradiction: skipped
-            "dev\tSNLI\tx\tP3\tE4\tentailment",
-            "dev\tSNLI\tx\tP3\tC4\tcontradiction",
-        ]
-    )
-    (tmp_path / "nli.tsv").write_text(nli + "\n")
-    triplets = read_nli_triplets(tmp_path / "nli.tsv")
-    assert list(zip(triplets["anchor"], triplets["positive"], triplets["negative"])) == [
-        ("P1", "E1", "C1"),
-        ("P1", "E2", "C1"),
-    ]
-
-
-def test_load_hub_pairs_selects_and_renames_columns_of_a_local_dataset(tmp_path):
-    (tmp_path / "train.csv").write_text("question,answer,id\nwho plays,a man plays,1\nwho runs,a dog runs,2\n")
-    pairs = load_hub_pairs(str(tmp_path), split="train", columns=["question", "answer"])
-    assert pairs.column_names == ["anchor", "positive"]
-    assert list(pairs["anchor"]) == ["who plays", "who runs"] and list(pairs["positive"]) == ["a man plays", "a dog runs"]
-    with pytest.raises(ValueError, match=r"columns \['title'\] are not in"):
-        load_hub_pairs(str(tmp_path), split="train", columns=["title"])
-
-
-# --- the recipe -------------------------------------------------------------------------
-
-
-def sts_rows(count, seed):
-    """Sentence pairs over the tiny vocabulary: paraphrases (high score) and unrelated pairs (low)."""
-    generator = np.random.default_rng(seed)
-    rows = []
-    for index in range(count):
-        words = list(generator.choice(WORDS, size=5))
-        if index % 2 == 0:
-            rows.append((4.0 + float(generator.uniform(0, 1)), " ".join(words), " ".join(words[1:] + ["and"])))
-        else:
-            other = list(generator.choice(WORDS, size=5))
-            rows.append((float(generator.uniform(0, 2)), " ".join(words), " ".join(other)))
-    return rows
-
-
-RECIPE_OVERRIDES = [
-    "head_dim=64", "epochs=2", "batch_size=8", "ea_sentences=30", "save_steps=2", "trainable_layers=1",
-    "encode_batch_size=16",
-]
-
-
-@pytest.fixture(scope="module")
-def recipe_run(tiny_path, tmp_path_factory):
-    """One uninterrupted run of the recipe (with the Matryoshka runs) on a tiny STS-B copy."""
-    root = tmp_path_factory.mktemp("stsbenchmark")
-    write_sts(root / "sts-train.csv", sts_rows(48, seed=0))
-    write_sts(root / "sts-dev.csv", sts_rows(40, seed=1))
-    output = tmp_path_factory.mktemp("recipe") / "out"
-    overrides = [f"model={tiny_path}", *RECIPE_OVERRIDES, "matryoshka=true"]
-    results = run_recipe("sentence-embedding", overrides=overrides, data_root=str(root), output=output, device="cpu")
-    return root, output, overrides, results
-
-
-def test_recipe_runs_base_cl_ncl_and_skips_finished_runs(recipe_run):
-    root, output, overrides, results = recipe_run
-    runs = results["runs"]
-    assert list(runs) == ["base", "cl", "ncl", "cl_matryoshka", "ncl_matryoshka"]
-    for name, metrics in runs.items():
-        for key in ("stsb_spearman", "stsb_spearman_ea25", "stsb_spearman_trunc25"):
-            assert -1 <= metrics[key] <= 1
-        assert 0 <= metrics["sparsity"] <= 1
-        assert metrics["search_ms_sparse"] > 0 and metrics["search_ms_dense"] > 0
-        assert ("stsb_spearman_matryoshka25" in metrics) == name.endswith("matryoshka")
-    assert runs["base"]["stsb_spearman"] > 0.3  # the tiny data is learnable: paraphrases share words
-    assert runs["cl"]["sparsity"] == 0 and runs["ncl"]["sparsity"] > 0.2
-    ncl_model = SentenceTransformer(str(output / "ncl" / "model"), device="cpu")  # no trust_remote_code
-    assert ncl_model.get_embedding_dimension() == 64 and (ncl_model.encode(SENTENCES) >= 0).all()
-    assert (output / "ncl" / "top_activating_texts.md").is_file()
-    saved = json.loads((output / "results.json").read_text())
-    assert saved["recipe"] == "sentence-embedding" and saved["runs"] == runs
-
-    again = run_recipe("sentence-embedding", overrides=overrides, data_root=str(root), output=output, device="cpu")
-    for name in runs:  # finished runs are reloaded, not retrained
-        assert again["runs"][name]["stsb_spearman"] == pytest.approx(runs[name]["stsb_spearman"], abs=1e-6)
-
-
-def test_ea_sentences_are_a_seeded_draw_from_the_whole_training_set():
-    # Ordered data, as STS-B train is (sorted by genre): the draw must not be the first sentences.
-    train = Dataset.from_dict({"anchor": [f"a{i}" for i in range(200)], "positive": [f"p{i}" for i in range(200)]})
-    drawn = _ea_sentences(train, 50, seed=0)
-    assert len(set(drawn)) == 50 and set(drawn) <= set(train["anchor"]) | set(train["positive"])
-    assert drawn == _ea_sentences(train, 50, seed=0) and drawn != _ea_sentences(train, 50, seed=1)
-    assert max(int(text[1:]) for text in drawn) >= 100  # reaches the second half of the file
-    assert len(_ea_sentences(train, 10_000, seed=0)) == 400  # capped at the distinct sentences
-
-
-class Interrupted(Exception):
-    pass
-
-
-def test_recipe_resumes_an_interrupted_run_from_its_checkpoint(recipe_run, tmp_path, monkeypatch):
-    root, _, overrides, reference = recipe_run
-    overrides = [item for item in overrides if not item.startswith("matryoshka")]
-    steps = {"n": 0}
-    original_step = SentenceTransformerTrainer.training_step
-
-    def dying_step(self, *args, **kwargs):
-        steps["n"] += 1
-        if steps["n"] > 3:  # after the checkpoint at step 2
-            raise Interrupted
-        return original_step(self, *args, **kwargs)
-
-    monkeypatch.setattr(SentenceTransformerTrainer, "training_step", dying_step)
-    with pytest.raises(Interrupted):
-        run_recipe("sentence-embedding", overrides=overrides, data_root=str(root), output=tmp_path, device="cpu")
-    monkeypatch.undo()
-    assert not (tmp_path / "cl" / "model").exists()
-    assert [p.name for p in (tmp_path / "cl" / "checkpoints").iterdir()] == ["checkpoint-2"]
-    resumed = run_recipe("sentence-embedding", overrides=overrides, data_root=str(root), output=tmp_path, device="cpu")
-    for run in ("cl", "ncl"):
-        for metric in ("stsb_spearman", "sparsity", "stsb_spearman_ea25"):
-            assert resumed["runs"][run][metric] == pytest.approx(reference["runs"][run][metric], abs=1e-6)
-
-
-def test_recipe_without_data_says_where_to_point_data_root(tmp_path, capsys):
-    with pytest.raises(FileNotFoundError, match="--data-root DIR, where DIR holds sts-train.csv and sts-dev.csv"):
-        run_recipe("sentence-embedding", output=tmp_path)
-    assert cli_main(["run", "sentence-embedding", "--data-root", str(tmp_path), "--output", str(tmp_path)]) == 2
-    assert "lacks sts-train.csv, sts-dev.csv" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="train_data='web'"):
-        run_recipe("sentence-embedding", overrides=["train_data=web"], data_root=str(tmp_path), output=tmp_path)
