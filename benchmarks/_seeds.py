@@ -31,6 +31,8 @@ def seed_benchmark(
     targets: Callable[[dict[str, dict], float], dict[str, bool]],
     describe: Callable[[dict[str, Any]], str],
     description: str,
+    measure: Callable[[Path, dict[str, dict]], None] | None = None,
+    default_overrides: list[str] | None = None,
 ) -> None:
     """Command-line entry point: ``--seeds``, ``--device``, ``--data-root`` and recipe ``KEY=VALUE`` overrides.
 
@@ -42,6 +44,9 @@ def seed_benchmark(
         targets: ``(runs, wall_seconds) -> {target: met}`` for one seed.
         describe: one line about the settings, from the recipe's config.
         description: the ``--help`` text.
+        measure: ``(output folder, runs) -> None``, called before the folder is deleted, may add
+            metrics to ``runs[run]`` from what the recipe saved there (e.g. search timings).
+        default_overrides: recipe overrides applied before the command line's.
     """
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -55,10 +60,11 @@ def seed_benchmark(
         load_before = os.getloadavg()
         started = time.perf_counter()
         with tempfile.TemporaryDirectory() as output:
-            results = run_recipe(
-                recipe, overrides=[*args.overrides, f"seed={seed}"], data_root=args.data_root, output=output,
-                device=args.device,
-            )
+            overrides = [*(default_overrides or []), *args.overrides, f"seed={seed}"]
+            results = run_recipe(recipe, overrides=overrides, data_root=args.data_root, output=output,
+                                 device=args.device)
+            if measure is not None:
+                measure(Path(output), results["runs"])
         wall = round(time.perf_counter() - started, 1)
         records.append({
             "seed": seed, "runs": results["runs"], "wall_seconds": wall, "targets": targets(results["runs"], wall),
@@ -85,7 +91,7 @@ def _metric_rows(records: list[dict[str, Any]], columns: tuple[tuple[str, str], 
     lines = ["| seed | run | " + " | ".join(title for _, title in columns) + " |", "|---|---|" + "---:|" * len(columns)]
     for record in records:
         for name, metrics in record["runs"].items():
-            cells = " | ".join(f"{metrics[key]:.4f}" for key, _ in columns)
+            cells = " | ".join(f"{metrics[key]:.4f}" if key in metrics else "-" for key, _ in columns)
             lines.append(f"| {record['seed']} | {name} | {cells} |")
     return lines
 

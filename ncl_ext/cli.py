@@ -12,6 +12,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import os
 import dataclasses
 import sys
 import textwrap
@@ -122,6 +123,15 @@ def _default(field: dataclasses.Field) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader went away (``ncl-ext run vision-ssl --help | head``): stop quietly, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     # key=value overrides may come before or after the options, so collect them from the leftovers.
     args, leftovers = parser.parse_known_args(argv)

@@ -7,7 +7,10 @@ beside their modules; this file covers the command line and the training loop.)
 
 import datetime
 import logging
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -125,6 +128,17 @@ def test_report_refuses_an_output_that_is_a_file_and_unreadable_features(tmp_pat
 
     assert main(["report", str(tmp_path / "missing.pt")]) == 2
     assert "missing.pt" in capsys.readouterr().err
+
+
+def test_help_piped_into_a_reader_that_has_gone_ends_without_a_traceback():
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # like `ncl-ext ... --help | head -1` once head has exited
+    try:
+        done = subprocess.run([sys.executable, "-m", "ncl_ext", "run", "sentence-embedding", "--help"],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr
 
 
 def _entry_points():

@@ -26,7 +26,7 @@ settings there; ``benchmarks/validation_selection.py``):
   entries per sentence;
 - ``stsb_spearman_ea25`` on the 25% of dimensions with the largest expected activation
   (ranked on ``ea_sentences`` training sentences), ``stsb_spearman_trunc25`` on the first 25%;
-- with ``max_active_dims=K``, for non-negative runs: ``stsb_spearman_top{K}``, each
+- with ``max_active_dims=K1,K2,...``, for non-negative runs: ``stsb_spearman_top{K}``, each
   embedding cut to its ``K`` largest values (sentence-transformers' ``select_max_active_dims``,
   what ``SparseEncoder.encode(max_active_dims=K)`` does), and ``sparsity_top{K}``.
 
@@ -103,8 +103,8 @@ class Config(Settings):
                                 evaluation=True)
     eval_fraction: float = setting(0.25, "share of dimensions kept by the EA / first-dims / Matryoshka cuts",
                                    above=0, maximum=1, evaluation=True)
-    max_active_dims: int | None = setting(None, "also score non-negative runs with each embedding cut to its K "
-                                          "largest values", minimum=1, evaluation=True)
+    max_active_dims: tuple[int, ...] = setting((), "also score non-negative runs with each embedding cut to its K "
+                                               "largest values, for each K given", minimum=1, evaluation=True)
     encode_batch_size: int = setting(64, "sentences per encoding batch", minimum=1, evaluation=True)
     data_root: str | None = setting(None, "folder holding STS-B's sts-train.csv and sts-dev.csv")
     device: str | None = setting(None, "cpu or cuda; default: the best available", choices=(None, "cpu", "cuda", "mps"))
@@ -193,10 +193,10 @@ def evaluate(config: Config, run: str, model: SentenceTransformer, context: Cont
     if run.endswith("matryoshka"):
         metrics[f"stsb_spearman_matryoshka{percent}"] = metrics[f"stsb_spearman_trunc{percent}"]
     non_negative = bool((embeddings >= 0).all())
-    if config.max_active_dims is not None and non_negative:
-        top = select_max_active_dims(embeddings, config.max_active_dims)
-        metrics[f"stsb_spearman_top{config.max_active_dims}"] = evaluator.spearman(texts, top)
-        metrics[f"sparsity_top{config.max_active_dims}"] = sparsity(top)
+    for k in config.max_active_dims if non_negative else ():
+        top = select_max_active_dims(embeddings, k)
+        metrics[f"stsb_spearman_top{k}"] = evaluator.spearman(texts, top)
+        metrics[f"sparsity_top{k}"] = sparsity(top)
     save_run_features(output, embeddings, ea_order=ea_order, texts=texts)
     if non_negative:
         write_top_activating_texts(embeddings, texts, output / "top_activating_texts.md")
