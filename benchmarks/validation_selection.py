@@ -5,7 +5,8 @@ split on (``holdout=0.2`` for the image and CLIP recipes, ``validation=true`` fo
 sentence recipe: evaluation then scores held-out training data instead of the test / dev
 data), and picks the value with the best mean of the chosen ``run:metric``. The test / dev
 data are not touched; the per-seed benchmarks (``vision_digits.py``, ...) report the chosen
-value on them.
+value on them. graph-contrastive reports its validation-node accuracy (``node_val_acc_mean``)
+in every run and is chosen on that (``graph_robustness.py``); sparse-retrieval tunes nothing.
 
 Usage:
     python benchmarks/validation_selection.py vision-ssl projector 256,256 512,512 1024,1024 2048,2048 \\
@@ -25,7 +26,10 @@ from ncl_ext.recipes import run_recipe
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: How each recipe scores held-out training data instead of its test / dev data.
-VALIDATION = {"sentence-embedding": "validation=true"}
+VALIDATION = {
+    "vision-ssl": "holdout=0.2", "supervised-nce": "holdout=0.2", "clip-finetune": "holdout=0.2",
+    "sentence-embedding": "validation=true",
+}
 
 
 def main() -> None:
@@ -38,8 +42,12 @@ def main() -> None:
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="other settings, fixed")
     args = parser.parse_args()
+    if args.recipe not in VALIDATION:
+        parser.error(f"recipe {args.recipe!r} has no validation split here; expected one of {', '.join(VALIDATION)}")
+    if ":" not in args.choose:
+        parser.error(f"--choose {args.choose!r}: expected RUN:METRIC, e.g. ncl:precision@10_ea25")
     choose_run, choose_metric = args.choose.split(":", 1)
-    validation = VALIDATION.get(args.recipe, "holdout=0.2")
+    validation = VALIDATION[args.recipe]
 
     rows = []
     for value in args.values:
@@ -54,6 +62,9 @@ def main() -> None:
                 scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
                 rows.append({"value": value, "seed": seed, "run": run, "seconds": seconds, **scalars})
             score = results["runs"].get(choose_run, {}).get(choose_metric)
+            if score is None:
+                raise SystemExit(f"--choose {args.choose}: run {choose_run!r} reported no {choose_metric!r}; "
+                                 f"its metrics: {', '.join(results['runs'].get(choose_run, {})) or 'none'}")
             print(f"{args.setting}={value} seed={seed}: {args.choose} = {score}, {seconds} s", flush=True)
 
     def mean(value: str, run: str, metric: str) -> float:
@@ -62,7 +73,7 @@ def main() -> None:
 
     chosen = max(args.values, key=lambda value: mean(value, choose_run, choose_metric))
     runs = list(dict.fromkeys(row["run"] for row in rows))
-    metrics = [k for k in rows[0] if k not in ("value", "seed", "run", "seconds")]
+    metrics = list(dict.fromkeys(k for row in rows for k in row if k not in ("value", "seed", "run", "seconds")))
     lines = [
         f"# {args.recipe}: choosing `{args.setting}` on a validation split",
         "",
@@ -78,7 +89,8 @@ def main() -> None:
     ]
     for value in args.values:
         for run in runs:
-            lines.append(f"| {value} | {run} | " + " | ".join(f"{mean(value, run, m):.4f}" for m in metrics) + " |")
+            cells = (mean(value, run, metric) for metric in metrics)
+            lines.append(f"| {value} | {run} | " + " | ".join("-" if c != c else f"{c:.4f}" for c in cells) + " |")
     lines += ["", f"Chosen: `{args.setting}={chosen}`."]
     name = f"selection_{args.recipe}_{args.setting}".replace("-", "_")
     RESULTS.mkdir(exist_ok=True)

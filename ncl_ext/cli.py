@@ -12,8 +12,8 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import os
 import dataclasses
+import os
 import sys
 import textwrap
 import typing
@@ -136,6 +136,9 @@ def _main(argv: list[str] | None) -> int:
     # key=value overrides may come before or after the options, so collect them from the leftovers.
     args, leftovers = parser.parse_known_args(argv)
     unknown = [item for item in leftovers if args.command != "run" or "=" not in item or item.startswith("-")]
+    words = [item for item in unknown if args.command == "run" and not item.startswith("-")]
+    if words:
+        parser.error(f"override {words[0]!r} must look like KEY=VALUE, e.g. epochs=10")
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     from ncl_ext.log import configure_cli_logging

