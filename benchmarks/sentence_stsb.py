@@ -37,7 +37,7 @@ from ncl_ext.analysis import SparseIndex
 from ncl_ext.analysis.loading import load_run_features
 
 #: Active dimensions kept per NCL embedding; chosen on the validation split (module docstring).
-TOP_K = 512
+TOP_K = 256
 COLUMNS = (
     ("stsb_spearman", "Spearman"), ("sparsity", "sparsity"), ("stsb_spearman_ea25", "EA 25%"),
     ("stsb_spearman_trunc25", "first 25%"), (f"stsb_spearman_top{TOP_K}", f"top-{TOP_K}"),

@@ -41,6 +41,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="other settings, fixed")
+    parser.add_argument("--rerender", action="store_true",
+                        help="rewrite the tables from the rows saved by an earlier run of the same command")
     args = parser.parse_args()
     if args.recipe not in VALIDATION:
         parser.error(f"recipe {args.recipe!r} has no validation split here; expected one of {', '.join(VALIDATION)}")
@@ -48,9 +50,9 @@ def main() -> None:
         parser.error(f"--choose {args.choose!r}: expected RUN:METRIC, e.g. ncl:precision@10_ea25")
     choose_run, choose_metric = args.choose.split(":", 1)
     validation = VALIDATION[args.recipe]
-
-    rows = []
-    for value in args.values:
+    name = f"selection_{args.recipe}_{args.setting}".replace("-", "_")
+    rows = json.loads((RESULTS / f"{name}.json").read_text())["rows"] if args.rerender else []
+    for value in [] if args.rerender else args.values:
         for seed in args.seeds:
             started = time.perf_counter()
             overrides = [*args.set, f"{args.setting}={value}", f"seed={seed}", validation]
@@ -92,10 +94,10 @@ def main() -> None:
             cells = (mean(value, run, metric) for metric in metrics)
             lines.append(f"| {value} | {run} | " + " | ".join("-" if c != c else f"{c:.4f}" for c in cells) + " |")
     lines += ["", f"Chosen: `{args.setting}={chosen}`."]
-    name = f"selection_{args.recipe}_{args.setting}".replace("-", "_")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / f"{name}.json").write_text(json.dumps({"rows": rows, "chosen": chosen, "args": vars(args)}, indent=2))
+    saved = {key: value for key, value in vars(args).items() if key != "rerender"}
+    (RESULTS / f"{name}.json").write_text(json.dumps({"rows": rows, "chosen": chosen, "args": saved}, indent=2))
     print("\n".join(lines))
 
 

@@ -342,20 +342,31 @@ def write_config_file(path: Path | None, recipe: str, preset: str, config: Any, 
 
 
 def format_results_table(results: Mapping[str, Any]) -> str:
-    """A markdown table with one row per run and one column per scalar metric."""
+    """A markdown table of the scalar metrics: one row per run, or one row per metric when runs are fewer.
+
+    Examples:
+        >>> results = {"recipe": "r", "preset": "p", "runs": {"cl": {"acc": 0.5}, "ncl": {"acc": 0.25}}}
+        >>> print(format_results_table(results))
+        ### r (p)
+        <BLANKLINE>
+        | run | acc |
+        |---|---:|
+        | cl | 0.5000 |
+        | ncl | 0.2500 |
+    """
     runs: Mapping[str, Mapping[str, Any]] = results["runs"]
     metrics: list[str] = []
     for run in runs.values():
         metrics += [k for k, v in run.items() if isinstance(v, (int, float)) and k not in metrics]
-    lines = [
-        f"### {results['recipe']} ({results['preset']})",
-        "",
-        "| run | " + " | ".join(metrics) + " |",
-        "|---|" + "---:|" * len(metrics),
-    ]
-    for name, run in runs.items():
-        cells = [_format_number(run.get(metric)) for metric in metrics]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines = [f"### {results['recipe']} ({results['preset']})", ""]
+    if len(metrics) <= 12:
+        lines += ["| run | " + " | ".join(metrics) + " |", "|---|" + "---:|" * len(metrics)]
+        lines += [f"| {name} | " + " | ".join(_format_number(run.get(m)) for m in metrics) + " |"
+                  for name, run in runs.items()]
+    else:  # many metrics (e.g. one per budget): a long table reads better than a wide one
+        lines += ["| metric | " + " | ".join(runs) + " |", "|---|" + "---:|" * len(runs)]
+        lines += [f"| {m} | " + " | ".join(_format_number(run.get(m)) for run in runs.values()) + " |"
+                  for m in metrics]
     return "\n".join(lines)
 
 
