@@ -7,6 +7,7 @@ silences both); the command line sets the level with ``-q`` / ``-v``.
 
 Examples:
     >>> import logging
+import os
 import sys
     >>> logging.getLogger("ncl_ext").setLevel(logging.WARNING)
     >>> bar = progress(range(3), "probe")
@@ -18,6 +19,7 @@ import sys
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Iterable
 from typing import Any
@@ -28,10 +30,15 @@ logger = logging.getLogger("ncl_ext")
 
 
 def progress(iterable: Iterable | None = None, desc: str = "", total: int | None = None, **kwargs: Any) -> Any:
-    """A tqdm bar (``tqdm.auto``) labelled ``desc``; hidden when the ``ncl_ext`` logger is set to WARNING or above."""
+    """A tqdm bar (``tqdm.auto``) labelled ``desc``.
+
+    Hidden when the ``ncl_ext`` logger is set to WARNING or above, or when tqdm's own
+    ``TQDM_DISABLE`` environment variable is set (as every tqdm bar is).
+    """
     from tqdm.auto import tqdm
 
-    enabled = kwargs.pop("enabled", True) and not logger.level >= logging.WARNING
+    hidden = logger.level >= logging.WARNING or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true")
+    enabled = kwargs.pop("enabled", True) and not hidden
     return tqdm(iterable, desc=desc, total=total, disable=not enabled, dynamic_ncols=True, leave=False, **kwargs)
 
 
