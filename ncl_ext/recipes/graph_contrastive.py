@@ -22,7 +22,7 @@ preset's hyper-parameters (``benchmarks/graph_robustness.py``). Then, for each r
   node classification on these features (``head_acc_mean``).
 
 Presets: ``synthetic`` (the offline default: a generated graph with planted communities,
-seconds), ``cora``, ``citeseer``, ``pubmed`` (GRACE's published settings, its
+under a minute), ``cora``, ``citeseer``, ``pubmed`` (GRACE's published settings, its
 ``config.yaml``), ``amazon-computers``, ``amazon-photo``, ``coauthor-cs`` (the settings
 published with GRACE's successor GCA, Zhu et al., WWW 2021, which evaluates GRACE on
 them). Real graphs are read from ``--data-root`` (PyG's raw files; never written to;
@@ -31,7 +31,7 @@ The presets' values and their sources are in ``recipes/graph-contrastive/*.yaml`
 the recipe adds to GRACE's settings, and why, is in ``recipes/graph-contrastive/README.md``.
 
 Examples:
-    ncl-ext run graph-contrastive                                    # generated graph, CPU, seconds
+    ncl-ext run graph-contrastive                                    # generated graph, CPU, under a minute
     ncl-ext run graph-contrastive --preset cora --data-root shared/data/planetoid
     ncl-ext run graph-contrastive eval_splits=20 objective=spectral --preset cora --data-root data
 """
