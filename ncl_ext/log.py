@@ -7,8 +7,6 @@ silences both); the command line sets the level with ``-q`` / ``-v``.
 
 Examples:
     >>> import logging
-import os
-import sys
     >>> logging.getLogger("ncl_ext").setLevel(logging.WARNING)
     >>> bar = progress(range(3), "probe")
     >>> bar.disable
