@@ -111,7 +111,7 @@ def graph_settings(graph: str, epochs: int) -> tuple[str, list[str]]:
     hyper-parameters of the recipe's preset PRESET, epochs capped at ``epochs``; a bare
     generated graph's name trains it with the default (synthetic) preset.
     """
-    from ncl_ext.recipes.config import read_preset
+    from ncl_ext.recipes.presets import read_preset
 
     name, _, preset = graph.partition("@")
     data = ["dataset=cora"] if name == "cora" else ["dataset=synthetic", *SYNTHETIC_GRAPHS[name]]

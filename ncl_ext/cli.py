@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 def recipe_help(name: str) -> str:
     """``ncl-ext run NAME --help``: the recipe's summary, its presets and every setting with type, default and help."""
     from ncl_ext.recipes import load_recipe
-    from ncl_ext.recipes.config import preset_names, read_preset
+    from ncl_ext.recipes.presets import preset_names, read_preset
 
     recipe = load_recipe(name)
     summary = (recipe.__doc__ or "").strip().split("\n\n")[0]
@@ -159,7 +159,7 @@ def _main(argv: list[str] | None) -> int:
 
 def _run(args: argparse.Namespace, overrides: list[str]) -> int:
     from ncl_ext.recipes import derived_settings, resolve_config, run_recipe
-    from ncl_ext.recipes.config import write_config_file
+    from ncl_ext.recipes.presets import write_config_file
 
     if args.dry_run:
         config, preset = resolve_config(args.recipe, args.preset, overrides, args.data_root, args.device, args.config)

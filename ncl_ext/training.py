@@ -119,6 +119,32 @@ class TrainConfig:
         if self.warmup_epochs < 0:
             raise ValueError(f"warmup_epochs={self.warmup_epochs!r}; expected >= 0")
 
+    def optimizer_summary(self) -> dict[str, Any]:
+        """The optimizer and schedule these settings build, as ``--dry-run`` shows them."""
+        start = self.lr * 1e-3 if self.warmup_start_lr is None else self.warmup_start_lr
+        summary = {
+            "name": self.optimizer,
+            "lr": self.lr,
+            "weight_decay": self.weight_decay,
+            "schedule": (
+                f"linear warm-up over {self.warmup_epochs:g} epochs from {start:g}, "
+                f"then cosine to {self.min_lr:g}, per step"
+            ),
+            "no_weight_decay": "biases and normalisation weights (1-D parameters)",
+        }
+        if self.optimizer != "adamw":
+            summary["momentum"] = self.momentum
+        if self.optimizer == "lars":
+            summary.update(
+                trust_coefficient=self.lars_trust_coeff,
+                trust_clip=self.lars_clip,
+                lars_excludes="biases and normalisation weights (no trust ratio, no weight decay)",
+                implementation="timm.optim.Lars",
+            )
+        if self.max_grad_norm:
+            summary["max_grad_norm"] = self.max_grad_norm
+        return summary
+
 
 def differing_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """``"key: old -> new"`` for every key whose value differs between two settings mappings.

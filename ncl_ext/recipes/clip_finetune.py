@@ -45,7 +45,7 @@ from ncl_ext.data.image_text import (
     split_pairs,
 )
 from ncl_ext.losses import ClipLoss
-from ncl_ext.recipes.config import DEVICES, Settings, optimizer_summary, setting
+from ncl_ext.recipes.config import DEVICES, Settings, setting
 from ncl_ext.training import TrainConfig, Trainer, make_accelerator, seed_everything
 
 RUN_NAMES = ("cl", "ncl")
@@ -151,7 +151,7 @@ def train_config(config: Config, name: str) -> TrainConfig:
 
 
 def derived_settings(config: Config) -> dict[str, Any]:
-    return {"optimizer": optimizer_summary(train_config(config, "dry-run"))}
+    return {"optimizer": train_config(config, "dry-run").optimizer_summary()}
 
 
 def train(config: Config, name: str, context: Context, output: Path) -> ClipParts:

@@ -30,7 +30,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -44,18 +44,15 @@ from ncl_ext.recipes.config import (
     build_config,
     config_to_dict,
     evaluation_settings,
-    format_results_table,
-    load_config_file,
-    read_preset,
     settings_hash,
     training_hash,
     training_settings,
-    write_config_file,
 )
+from ncl_ext.recipes.presets import load_config_file, read_preset, write_config_file
 from ncl_ext.recipes.provenance import provenance
 from ncl_ext.training import differing_keys
 
-__all__ = ["RECIPES", "load_recipe", "resolve_config", "run_recipe"]
+__all__ = ["RECIPES", "format_results_table", "load_recipe", "resolve_config", "run_recipe"]
 
 #: Recipe name on the command line -> module implementing it.
 RECIPES: dict[str, str] = {
@@ -252,3 +249,40 @@ def _write_results(output: Path, results: dict[str, Any], recipe: ModuleType, co
         plot_comparison(saved, output / "compare.png")
     logger.info(table)
     logger.info(f"\nresults written to {output / RESULTS_FILE}")
+
+
+def format_results_table(results: Mapping[str, Any]) -> str:
+    """A markdown table of the scalar metrics: one row per run, or one row per metric when runs are fewer.
+
+    Examples:
+        >>> results = {"recipe": "r", "preset": "p", "runs": {"cl": {"acc": 0.5}, "ncl": {"acc": 0.25}}}
+        >>> print(format_results_table(results))
+        ### r (p)
+        <BLANKLINE>
+        | run | acc |
+        |---|---:|
+        | cl | 0.5000 |
+        | ncl | 0.2500 |
+    """
+    runs: Mapping[str, Mapping[str, Any]] = results["runs"]
+    metrics: list[str] = []
+    for run in runs.values():
+        metrics += [k for k, v in run.items() if isinstance(v, (int, float)) and k not in metrics]
+    lines = [f"### {results['recipe']} ({results['preset']})", ""]
+    if len(metrics) <= 12:
+        lines += ["| run | " + " | ".join(metrics) + " |", "|---|" + "---:|" * len(metrics)]
+        lines += [f"| {name} | " + " | ".join(_format_number(run.get(m)) for m in metrics) + " |"
+                  for name, run in runs.items()]
+    else:  # many metrics (e.g. one per budget): a long table reads better than a wide one
+        lines += ["| metric | " + " | ".join(runs) + " |", "|---|" + "---:|" * len(runs)]
+        lines += [f"| {m} | " + " | ".join(_format_number(run.get(m)) for run in runs.values()) + " |"
+                  for m in metrics]
+    return "\n".join(lines)
+
+
+def _format_number(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer() and abs(value) >= 2):
+        return str(int(value))
+    return f"{value:.4f}"

@@ -43,7 +43,8 @@ from ncl_ext.checkpoint import load_backbone_weights, write_text_atomically
 from ncl_ext.data import augment
 from ncl_ext.data.image_data import ImageData
 from ncl_ext.models import NonNegativeClassifier, build_backbone
-from ncl_ext.recipes.config import ImageRunSettings, image_train_config, optimizer_summary, setting
+from ncl_ext.recipes.config import setting
+from ncl_ext.recipes.image_settings import ImageRunSettings, image_train_config
 from ncl_ext.training import Trainer, make_accelerator, read_history, seed_everything
 
 RUN_NAMES = ("ce", "nce", "ce_mlp", "nce_mlp")
@@ -83,7 +84,7 @@ def prepare(config: Config, output: Path) -> ImageData:
 
 
 def derived_settings(config: Config) -> dict[str, Any]:
-    return {"optimizer": optimizer_summary(image_train_config(config, num_processes=1, name="dry-run"))}
+    return {"optimizer": image_train_config(config, num_processes=1, name="dry-run").optimizer_summary()}
 
 
 def build_model(config: Config, name: str, data: ImageData) -> NonNegativeClassifier:

@@ -35,7 +35,8 @@ from ncl_ext.data import augment
 from ncl_ext.data.image_data import ImageData
 from ncl_ext.losses import InfoNCELoss, SpectralContrastiveLoss
 from ncl_ext.models import ContrastiveModel, build_backbone
-from ncl_ext.recipes.config import ImageRunSettings, image_train_config, optimizer_summary, setting
+from ncl_ext.recipes.config import setting
+from ncl_ext.recipes.image_settings import ImageRunSettings, image_train_config
 from ncl_ext.training import Trainer, make_accelerator, seed_everything
 
 RUN_NAMES = ("cl", "ncl")
@@ -76,7 +77,7 @@ def prepare(config: Config, output: Path) -> ImageData:
 
 
 def derived_settings(config: Config) -> dict[str, Any]:
-    return {"optimizer": optimizer_summary(image_train_config(config, num_processes=1, name="dry-run"))}
+    return {"optimizer": image_train_config(config, num_processes=1, name="dry-run").optimizer_summary()}
 
 
 def train(config: Config, name: str, data: ImageData, output: Path) -> ContrastiveModel:

@@ -4,7 +4,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from ncl_ext.recipes.config import build_config, format_results_table
+from ncl_ext.recipes.config import build_config
+from ncl_ext.recipes.runner import format_results_table
 
 
 @dataclass

@@ -14,7 +14,7 @@ import yaml
 
 from ncl_ext.cli import main
 from ncl_ext.recipes import RECIPES, run_recipe
-from ncl_ext.recipes.config import preset_names
+from ncl_ext.recipes.presets import preset_names
 
 QUICK = ["epochs=3", "eval_splits=2", "hidden=16", "projection_hidden=16", "inverse_regularization=1,16",
          "num_nodes=150", "num_features=40"]

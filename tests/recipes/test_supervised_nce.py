@@ -112,7 +112,7 @@ def test_init_from_errors_name_the_setting(tmp_path):
 
 
 def test_paper_presets():
-    from ncl_ext.recipes.config import preset_names
+    from ncl_ext.recipes.presets import preset_names
     from ncl_ext.recipes.supervised_nce import DEFAULT_PRESET
 
     assert DEFAULT_PRESET == "digits"
