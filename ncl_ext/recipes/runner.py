@@ -252,7 +252,7 @@ def _write_results(output: Path, results: dict[str, Any], recipe: ModuleType, co
 
 
 def format_results_table(results: Mapping[str, Any]) -> str:
-    """A markdown table of the scalar metrics: one row per run, or one row per metric when runs are fewer.
+    """A markdown table of the scalar metrics: one row per run, or one row per metric when there are over 12.
 
     Examples:
         >>> results = {"recipe": "r", "preset": "p", "runs": {"cl": {"acc": 0.5}, "ncl": {"acc": 0.25}}}
