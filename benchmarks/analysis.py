@@ -312,12 +312,21 @@ def bench_engines(
     database, queries = index_data(num_items, num_queries, 0.95)
     exact = dense_search(queries, database)
     latency_queries = min(100, num_queries)
-    rows = []
+    rows = [_sparse_index_row("", database, queries, exact, latency_queries)]
+    rows += _seismic_rows(database, queries, exact, latency_queries, threads)
+    subset_database, subset_queries = database[:qdrant_items], queries[:qdrant_queries]
+    subset_exact = dense_search(subset_queries, subset_database)
+    rows.append(_sparse_index_row("subset", subset_database, subset_queries, subset_exact, qdrant_queries))
+    rows += _qdrant_rows(subset_database, subset_queries, subset_exact)
+    return {"num_items": num_items, "rows": rows}
 
+
+def _sparse_index_row(setting, database, queries, exact, latency_queries) -> dict[str, Any]:
+    """Build time, one-query latency (mean of ``latency_queries``) and batch time of the exact SparseIndex."""
     start = time.perf_counter()
     index = SparseIndex(database, backend="inverted")
     build = time.perf_counter() - start
-    index.search(queries[:10], 10)
+    index.search(queries[:10], 10)  # warm-up
     start = time.perf_counter()
     _, found = index.search(queries, 10)
     batch = time.perf_counter() - start
@@ -325,46 +334,10 @@ def bench_engines(
     for row in range(latency_queries):
         index.search(queries[row : row + 1], 10)
     single = (time.perf_counter() - start) / latency_queries
-    rows.append(
-        _engine_row(
-            "ncl_ext SparseIndex (exact)",
-            "",
-            num_items,
-            num_queries,
-            build,
-            single,
-            batch,
-            recall_at_k(found.tolist(), exact),
-        )
+    recall = recall_at_k(found.tolist(), exact)
+    return _engine_row(
+        "ncl_ext SparseIndex (exact)", setting, len(database), len(queries), build, single, batch, recall
     )
-
-    rows += _seismic_rows(database, queries, exact, latency_queries, threads)
-    subset_database, subset_queries = database[:qdrant_items], queries[:qdrant_queries]
-    subset_exact = dense_search(subset_queries, subset_database)
-    start = time.perf_counter()
-    subset_index = SparseIndex(subset_database, backend="inverted")
-    build = time.perf_counter() - start
-    start = time.perf_counter()
-    _, found = subset_index.search(subset_queries, 10)
-    batch = time.perf_counter() - start
-    start = time.perf_counter()
-    for row in range(qdrant_queries):
-        subset_index.search(subset_queries[row : row + 1], 10)
-    single = (time.perf_counter() - start) / qdrant_queries
-    rows.append(
-        _engine_row(
-            "ncl_ext SparseIndex (exact)",
-            "subset",
-            qdrant_items,
-            qdrant_queries,
-            build,
-            single,
-            batch,
-            recall_at_k(found.tolist(), subset_exact),
-        )
-    )
-    rows += _qdrant_rows(subset_database, subset_queries, subset_exact)
-    return {"num_items": num_items, "rows": rows}
 
 
 def _engine_row(engine, setting, items, queries, build, single, batch, recall) -> dict[str, Any]:
