@@ -32,7 +32,6 @@ def seed_benchmark(
     describe: Callable[[dict[str, Any]], str],
     description: str,
     measure: Callable[[Path, dict[str, dict]], None] | None = None,
-    default_overrides: list[str] | None = None,
 ) -> None:
     """Command-line entry point: ``--seeds``, ``--device``, ``--data-root`` and recipe ``KEY=VALUE`` overrides.
 
@@ -46,7 +45,6 @@ def seed_benchmark(
         description: the ``--help`` text.
         measure: ``(output folder, runs) -> None``, called before the folder is deleted, may add
             metrics to ``runs[run]`` from what the recipe saved there (e.g. search timings).
-        default_overrides: recipe overrides applied before the command line's.
     """
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -60,7 +58,7 @@ def seed_benchmark(
         load_before = os.getloadavg()
         started = time.perf_counter()
         with tempfile.TemporaryDirectory() as output:
-            overrides = [*(default_overrides or []), *args.overrides, f"seed={seed}"]
+            overrides = [*args.overrides, f"seed={seed}"]
             results = run_recipe(recipe, overrides=overrides, data_root=args.data_root, output=output,
                                  device=args.device)
             if measure is not None:

@@ -7,15 +7,16 @@ Usage::
 
 What is measured. For each seed, one call of the ``sentence-embedding`` recipe with the
 offline default (the packaged all-MiniLM-L6-v2; CL and NCL fine-tune its top layers and a
-new head on the STS-B train pairs scored >= 4) into a fresh output folder, with
-``max_active_dims=TOP_K``: STS-B dev Spearman of cosine similarity on all dimensions, on
-the 25% of dimensions with the largest expected activation, on the first 25%, and (NCL) on
-each embedding cut to its ``TOP_K`` largest values; the sparsity of each; and the time of
-exact top-10 cosine search of every dev sentence among all of them with
-:class:`ncl_ext.analysis.SparseIndex` against a dense matrix product, on the embeddings the
-row describes (best of 5). ``TOP_K`` and the recipe's ``scale`` were chosen on 20% of the
-STS-B train pairs held out from training (``benchmarks/results/selection_sentence_embedding_scale.md``),
-never on dev. Targets per seed: NCL's top-``TOP_K`` Spearman within 1 point of CL's with
+new head on the STS-B train pairs scored >= 4; the ``stsb`` preset, whose
+``max_active_dims`` is ``TOP_K``) into a fresh output folder: STS-B dev Spearman of cosine
+similarity on all dimensions, on the 25% of dimensions with the largest expected
+activation, on the first 25%, and (NCL) on each embedding cut to its ``TOP_K`` largest
+values; the sparsity of each; and the time of exact top-10 cosine search of every dev
+sentence among all of them with :class:`ncl_ext.analysis.SparseIndex` against a dense
+matrix product, on the embeddings the row describes (best of 5). ``TOP_K`` and the
+recipe's ``scale``, ``nonneg`` and ``head_lr`` were chosen on 20% of the STS-B train pairs
+held out from training (``benchmarks/results/selection_sentence_embedding_*.md``), never on
+dev. Targets per seed: NCL's top-``TOP_K`` Spearman within 1 point of CL's with
 at least 70% zeros, NCL's EA-25% Spearman above its first-25% Spearman, and the whole
 recipe under 10 minutes.
 
@@ -36,7 +37,7 @@ from sentence_transformers.util import select_max_active_dims
 from ncl_ext.analysis import SparseIndex
 from ncl_ext.analysis.loading import load_run_features
 
-#: Active dimensions kept per NCL embedding; chosen on the validation split (module docstring).
+#: Active dimensions kept per NCL embedding: the ``stsb`` preset's ``max_active_dims``, chosen on the validation split.
 TOP_K = 256
 COLUMNS = (
     ("stsb_spearman", "Spearman"), ("sparsity", "sparsity"), ("stsb_spearman_ea25", "EA 25%"),
@@ -102,5 +103,4 @@ if __name__ == "__main__":
         describe=describe,
         description=__doc__.split("\n")[0],
         measure=search_times,
-        default_overrides=[f"max_active_dims={TOP_K}"],
     )

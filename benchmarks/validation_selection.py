@@ -3,15 +3,22 @@
 For each candidate value of one setting and each seed, runs the recipe with its validation
 split on (``holdout=0.2`` for the image and CLIP recipes, ``validation=true`` for the
 sentence recipe: evaluation then scores held-out training data instead of the test / dev
-data), and picks the value with the best mean of the chosen ``run:metric``. The test / dev
-data are not touched; the per-seed benchmarks (``vision_digits.py``, ...) report the chosen
-value on them. graph-contrastive reports its validation-node accuracy (``node_val_acc_mean``)
-in every run and is chosen on that (``graph_robustness.py``); sparse-retrieval tunes nothing.
+data), and picks the value with the best mean of the chosen ``run:metric`` (among the values
+that meet ``--require``, e.g. a sparsity floor). The test / dev data are not touched; the
+per-seed benchmarks (``vision_digits.py``, ...) report the chosen value on them.
+graph-contrastive reports its validation-node accuracy (``node_val_acc_mean``) in every run
+and is chosen on that (``graph_robustness.py``); sparse-retrieval tunes nothing.
+
+Rows go to ``benchmarks/results/selection_RECIPE_SETTING.json`` (and a ``.md`` table); a rerun
+of the same sweep (same ``--set`` and data) runs only the (value, seed) pairs missing there, so
+an interrupted sweep resumes and a new candidate value extends it.
 
 Usage:
     python benchmarks/validation_selection.py vision-ssl projector 256,256 512,512 1024,1024 2048,2048 \\
         --choose ncl:precision@10_ea25 --seeds 0 1
     python benchmarks/validation_selection.py clip-finetune epochs 50 100 --choose ncl:zero_shot_acc
+    python benchmarks/validation_selection.py sentence-embedding head_lr 1e-3 1e-4 --choose ncl:stsb_spearman \\
+        --require ncl:sparsity>=0.7 --data-root ../shared/data/stsbenchmark
 """
 
 from __future__ import annotations
@@ -40,20 +47,33 @@ def main() -> None:
     parser.add_argument("--choose", required=True, help="RUN:METRIC to maximise, e.g. ncl:precision@10_ea25")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--data-root", default=None)
+    parser.add_argument("--require", default=None, metavar="RUN:METRIC>=X",
+                        help="only values whose mean RUN:METRIC is at least X may be chosen, e.g. ncl:sparsity>=0.7")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="other settings, fixed")
+    parser.add_argument("--name", default=None,
+                        help="results file stem; default selection_RECIPE_SETTING (a second sweep of the same "
+                             "setting with other --set values needs its own)")
     parser.add_argument("--rerender", action="store_true",
-                        help="rewrite the tables from the rows saved by an earlier run of the same command")
+                        help="rewrite the tables from the saved rows, running nothing")
     args = parser.parse_args()
     if args.recipe not in VALIDATION:
         parser.error(f"recipe {args.recipe!r} has no validation split here; expected one of {', '.join(VALIDATION)}")
     if ":" not in args.choose:
         parser.error(f"--choose {args.choose!r}: expected RUN:METRIC, e.g. ncl:precision@10_ea25")
     choose_run, choose_metric = args.choose.split(":", 1)
+    if args.require is not None:
+        require, _, bound = args.require.partition(">=")
+        if ":" not in require or not _is_number(bound):
+            parser.error(f"--require {args.require!r}: expected RUN:METRIC>=NUMBER, e.g. ncl:sparsity>=0.7")
+        require_run, require_metric = require.split(":", 1)
     validation = VALIDATION[args.recipe]
-    name = f"selection_{args.recipe}_{args.setting}".replace("-", "_")
-    rows = json.loads((RESULTS / f"{name}.json").read_text())["rows"] if args.rerender else []
+    name = args.name or f"selection_{args.recipe}_{args.setting}".replace("-", "_")
+    rows = _saved_rows(RESULTS / f"{name}.json", args)
+    done = {(row["value"], row["seed"]) for row in rows}
     for value in [] if args.rerender else args.values:
         for seed in args.seeds:
+            if (value, seed) in done:
+                continue
             started = time.perf_counter()
             overrides = [*args.set, f"{args.setting}={value}", f"seed={seed}", validation]
             with tempfile.TemporaryDirectory() as output:
@@ -68,12 +88,16 @@ def main() -> None:
                 raise SystemExit(f"--choose {args.choose}: run {choose_run!r} reported no {choose_metric!r}; "
                                  f"its metrics: {', '.join(results['runs'].get(choose_run, {})) or 'none'}")
             print(f"{args.setting}={value} seed={seed}: {args.choose} = {score}, {seconds} s", flush=True)
+            _save_rows(RESULTS / f"{name}.json", rows, args)  # after every run, so an interrupted sweep resumes
 
     def mean(value: str, run: str, metric: str) -> float:
-        values = [row[metric] for row in rows if row["value"] == value and row["run"] == run and metric in row]
+        values = [row[metric] for row in rows
+                  if row["value"] == value and row["run"] == run and row["seed"] in args.seeds and metric in row]
         return sum(values) / len(values) if values else float("nan")
 
-    chosen = max(args.values, key=lambda value: mean(value, choose_run, choose_metric))
+    allowed = [value for value in args.values
+               if args.require is None or mean(value, require_run, require_metric) >= float(bound)]
+    chosen = max(allowed, key=lambda value: mean(value, choose_run, choose_metric)) if allowed else None
     runs = list(dict.fromkeys(row["run"] for row in rows))
     metrics = list(dict.fromkeys(k for row in rows for k in row if k not in ("value", "seed", "run", "seconds")))
     lines = [
@@ -81,10 +105,14 @@ def main() -> None:
         "",
         f"`python benchmarks/validation_selection.py {args.recipe} {args.setting} {' '.join(args.values)} "
         f"--choose {args.choose} --seeds {' '.join(map(str, args.seeds))}"
+        + (f" --data-root {args.data_root}" if args.data_root else "")
+        + (f" --require '{args.require}'" if args.require else "")
+        + (f" --name {args.name}" if args.name else "")
         + (f" --set {' '.join(args.set)}" if args.set else "") + "`",
         "",
         f"Evaluation on held-out training data (`{validation}`); the test / dev data are not used. Rule: the "
-        f"value with the highest `{args.choose}`, mean over seeds {args.seeds}.",
+        f"value with the highest `{args.choose}`, mean over seeds {args.seeds}"
+        + (f", among those with `{args.require}`." if args.require else "."),
         "",
         f"| {args.setting} | run | " + " | ".join(metrics) + " |",
         "|---|---|" + "---:|" * len(metrics),
@@ -93,12 +121,36 @@ def main() -> None:
         for run in runs:
             cells = (mean(value, run, metric) for metric in metrics)
             lines.append(f"| {value} | {run} | " + " | ".join("-" if c != c else f"{c:.4f}" for c in cells) + " |")
-    lines += ["", f"Chosen: `{args.setting}={chosen}`."]
+    verdict = f"`{args.setting}={chosen}`" if chosen else f"none (no value meets `{args.require}`)"
+    lines += ["", f"Chosen: {verdict}."]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
-    saved = {key: value for key, value in vars(args).items() if key != "rerender"}
-    (RESULTS / f"{name}.json").write_text(json.dumps({"rows": rows, "chosen": chosen, "args": saved}, indent=2))
+    _save_rows(RESULTS / f"{name}.json", rows, args, chosen)
     print("\n".join(lines))
+
+
+def _saved_rows(path: Path, args: argparse.Namespace) -> list[dict]:
+    """The rows of an earlier run of the same sweep (recipe, setting, ``--set``, data), so it resumes or extends."""
+    saved = json.loads(path.read_text()) if path.is_file() else None
+    same = saved is not None and all(saved["args"].get(key) == getattr(args, key)
+                                     for key in ("recipe", "setting", "set", "data_root"))
+    if args.rerender and not same:
+        raise SystemExit(f"--rerender: {path} holds no rows of this sweep")
+    return saved["rows"] if same else []
+
+
+def _save_rows(path: Path, rows: list[dict], args: argparse.Namespace, chosen: str | None = None) -> None:
+    saved = {key: value for key, value in vars(args).items() if key != "rerender"}
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps({"rows": rows, "chosen": chosen, "args": saved}, indent=2))
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 if __name__ == "__main__":

@@ -95,7 +95,7 @@ class Config(Settings):
     epochs: float = setting(2.0, "passes over the training pairs", above=0)
     batch_size: int = setting(32, "pairs per batch (in-batch negatives)", minimum=2)
     lr: float = setting(5e-5, "learning rate of the transformer layers that train", above=0)
-    head_lr: float = setting(1e-3, "learning rate of the new head (it starts from scratch)", above=0)
+    head_lr: float = setting(1e-4, "learning rate of the new head (it starts from scratch)", above=0)
     warmup_ratio: float = setting(0.1, "share of the steps with a linear learning-rate warm-up", minimum=0, below=1)
     trainable_layers: int = setting(2, "top transformer layers that train (-1: all)", minimum=-1)
     validation: bool = setting(False, "score 20% of the STS-B train pairs, held out from training, instead of dev")

@@ -60,7 +60,7 @@ def test_every_run_reports_its_metrics_and_reruns_skip_finished_runs(recipe_run,
         assert ("stsb_spearman_matryoshka25" in metrics) == name.endswith("matryoshka")
         assert ("stsb_spearman_top4" in metrics) == name.startswith("ncl")  # top-K only on non-negative runs
     assert runs["base"]["stsb_spearman"] > 0.3  # the tiny data is learnable: paraphrases share words
-    assert runs["cl"]["sparsity"] == 0 and runs["ncl"]["sparsity"] > 0.2
+    assert runs["cl"]["sparsity"] < 0.01 and runs["ncl"]["sparsity"] > 0.2  # dense: only chance entries below 1e-5
     assert runs["ncl"]["sparsity_top4"] >= 1 - 4 / 64
     assert (output / "ncl" / "top_activating_texts.md").is_file() and (output / "compare.png").is_file()
     saved = json.loads((output / "results.json").read_text())
