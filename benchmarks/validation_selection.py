@@ -17,14 +17,15 @@ Usage:
     python benchmarks/validation_selection.py vision-ssl projector 256,256 512,512 1024,1024 2048,2048 \\
         --choose ncl:precision@10_ea25 --seeds 0 1
     python benchmarks/validation_selection.py clip-finetune epochs 50 100 --choose ncl:zero_shot_acc
-    python benchmarks/validation_selection.py sentence-embedding head_lr 1e-3 1e-4 --choose ncl:stsb_spearman \\
-        --require ncl:sparsity>=0.7 --data-root ../shared/data/stsbenchmark
+    python benchmarks/validation_selection.py supervised-nce epochs 10 20 40 --choose nce:test_acc \\
+        --require 'nce:sparsity>=0.5'
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -62,7 +63,7 @@ def main() -> None:
         parser.error(f"--choose {args.choose!r}: expected RUN:METRIC, e.g. ncl:precision@10_ea25")
     choose_run, choose_metric = args.choose.split(":", 1)
     if args.require is not None:
-        require, _, bound = args.require.partition(">=")
+        require, _, bound = (part.strip() for part in args.require.partition(">="))
         if ":" not in require or not _is_number(bound):
             parser.error(f"--require {args.require!r}: expected RUN:METRIC>=NUMBER, e.g. ncl:sparsity>=0.7")
         require_run, require_metric = require.split(":", 1)
@@ -95,7 +96,8 @@ def main() -> None:
                   if row["value"] == value and row["run"] == run and row["seed"] in args.seeds and metric in row]
         return sum(values) / len(values) if values else float("nan")
 
-    allowed = [value for value in args.values
+    scored = [value for value in args.values if not math.isnan(mean(value, choose_run, choose_metric))]  # has rows
+    allowed = [value for value in scored
                if args.require is None or mean(value, require_run, require_metric) >= float(bound)]
     chosen = max(allowed, key=lambda value: mean(value, choose_run, choose_metric)) if allowed else None
     runs = list(dict.fromkeys(row["run"] for row in rows))
@@ -134,8 +136,10 @@ def _saved_rows(path: Path, args: argparse.Namespace) -> list[dict]:
     saved = json.loads(path.read_text()) if path.is_file() else None
     same = saved is not None and all(saved["args"].get(key) == getattr(args, key)
                                      for key in ("recipe", "setting", "set", "data_root"))
-    if args.rerender and not same:
-        raise SystemExit(f"--rerender: {path} holds no rows of this sweep")
+    if saved is not None and not same:
+        raise SystemExit(f"{path} holds another sweep ({saved['args']}); give this one its own --name")
+    if args.rerender and saved is None:
+        raise SystemExit(f"--rerender: {path} does not exist")
     return saved["rows"] if same else []
 
 
@@ -147,10 +151,9 @@ def _save_rows(path: Path, rows: list[dict], args: argparse.Namespace, chosen: s
 
 def _is_number(text: str) -> bool:
     try:
-        float(text)
+        return math.isfinite(float(text))
     except ValueError:
         return False
-    return True
 
 
 if __name__ == "__main__":
