@@ -62,7 +62,7 @@ class Config(ImageRunSettings):
     nonneg: str = setting("relu", "the non-negative map of the nce rows", mode=True)
     nonneg_weights: bool = setting(True, "nce rows: class weights non-negative too (the paper's NCE)")
     init_from: str | None = setting(None, "a vision-ssl run's checkpoints folder to fine-tune from")
-    epochs: int = setting(20, "passes over the training images", minimum=1)
+    epochs: int = setting(40, "passes over the training images", minimum=1)
     batch_size: int = setting(128, "images per batch and process", minimum=1)
     base_lr: float = setting(0.1, "learning rate at batch 256; scaled by global batch / 256", above=0)
     optimizer: str = setting("sgd", "optimizer (timm)", choices=("sgd", "lars", "adamw"))
