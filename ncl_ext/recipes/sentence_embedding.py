@@ -92,7 +92,7 @@ class Config(Settings):
     nonneg: str = setting("rep_relu", "the ncl runs' map (rep_relu: ReLU forward, GELU gradient)",
                           choices=("relu", "rep_relu", "softplus", "sigmoid"))
     scale: float = setting(20.0, "inverse temperature of the ranking loss (20 = temperature 0.05)", above=0)
-    epochs: float = setting(2.0, "passes over the training pairs", above=0)
+    epochs: float = setting(3.0, "passes over the training pairs", above=0)
     batch_size: int = setting(32, "pairs per batch (in-batch negatives)", minimum=2)
     lr: float = setting(5e-5, "learning rate of the transformer layers that train", above=0)
     head_lr: float = setting(1e-4, "learning rate of the new head (it starts from scratch)", above=0)
