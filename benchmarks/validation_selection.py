@@ -69,7 +69,8 @@ def main() -> None:
         require_run, require_metric = require.split(":", 1)
     validation = VALIDATION[args.recipe]
     name = args.name or f"selection_{args.recipe}_{args.setting}".replace("-", "_")
-    rows = _saved_rows(RESULTS / f"{name}.json", args)
+    saved_rows = RESULTS / f"{name}.json"
+    rows = _saved_rows(saved_rows, args)
     done = {(row["value"], row["seed"]) for row in rows}
     for value in [] if args.rerender else args.values:
         for seed in args.seeds:
@@ -89,7 +90,7 @@ def main() -> None:
                 raise SystemExit(f"--choose {args.choose}: run {choose_run!r} reported no {choose_metric!r}; "
                                  f"its metrics: {', '.join(results['runs'].get(choose_run, {})) or 'none'}")
             print(f"{args.setting}={value} seed={seed}: {args.choose} = {score}, {seconds} s", flush=True)
-            _save_rows(RESULTS / f"{name}.json", rows, args)  # after every run, so an interrupted sweep resumes
+            _save_rows(saved_rows, rows, args)  # after every run, so an interrupted sweep resumes
 
     def mean(value: str, run: str, metric: str) -> float:
         values = [row[metric] for row in rows
@@ -125,22 +126,21 @@ def main() -> None:
             lines.append(f"| {value} | {run} | " + " | ".join("-" if c != c else f"{c:.4f}" for c in cells) + " |")
     verdict = f"`{args.setting}={chosen}`" if chosen else f"none (no value meets `{args.require}`)"
     lines += ["", f"Chosen: {verdict}."]
-    RESULTS.mkdir(exist_ok=True)
+    _save_rows(saved_rows, rows, args, chosen)  # creates RESULTS
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
-    _save_rows(RESULTS / f"{name}.json", rows, args, chosen)
     print("\n".join(lines))
 
 
 def _saved_rows(path: Path, args: argparse.Namespace) -> list[dict]:
     """The rows of an earlier run of the same sweep (recipe, setting, ``--set``, data), so it resumes or extends."""
     saved = json.loads(path.read_text()) if path.is_file() else None
-    same = saved is not None and all(saved["args"].get(key) == getattr(args, key)
-                                     for key in ("recipe", "setting", "set", "data_root"))
-    if saved is not None and not same:
+    if saved is None:
+        if args.rerender:
+            raise SystemExit(f"--rerender: {path} does not exist")
+        return []
+    if any(saved["args"].get(key) != getattr(args, key) for key in ("recipe", "setting", "set", "data_root")):
         raise SystemExit(f"{path} holds another sweep ({saved['args']}); give this one its own --name")
-    if args.rerender and saved is None:
-        raise SystemExit(f"--rerender: {path} does not exist")
-    return saved["rows"] if same else []
+    return saved["rows"]
 
 
 def _save_rows(path: Path, rows: list[dict], args: argparse.Namespace, chosen: str | None = None) -> None:
