@@ -56,6 +56,7 @@ def main() -> None:
                              "setting with other --set values needs its own)")
     parser.add_argument("--rerender", action="store_true",
                         help="rewrite the tables from the saved rows, running nothing")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS, help="where the rows and tables go")
     args = parser.parse_args()
     if args.recipe not in VALIDATION:
         parser.error(f"recipe {args.recipe!r} has no validation split here; expected one of {', '.join(VALIDATION)}")
@@ -69,7 +70,7 @@ def main() -> None:
         require_run, require_metric = require.split(":", 1)
     validation = VALIDATION[args.recipe]
     name = args.name or f"selection_{args.recipe}_{args.setting}".replace("-", "_")
-    saved_rows = RESULTS / f"{name}.json"
+    saved_rows = args.results_dir / f"{name}.json"
     rows = _saved_rows(saved_rows, args)
     done = {(row["value"], row["seed"]) for row in rows}
     for value in [] if args.rerender else args.values:
@@ -126,8 +127,8 @@ def main() -> None:
             lines.append(f"| {value} | {run} | " + " | ".join("-" if c != c else f"{c:.4f}" for c in cells) + " |")
     verdict = f"`{args.setting}={chosen}`" if chosen else f"none (no value meets `{args.require}`)"
     lines += ["", f"Chosen: {verdict}."]
-    _save_rows(saved_rows, rows, args, chosen)  # creates RESULTS
-    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+    _save_rows(saved_rows, rows, args, chosen)  # creates the results folder
+    saved_rows.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
@@ -144,8 +145,8 @@ def _saved_rows(path: Path, args: argparse.Namespace) -> list[dict]:
 
 
 def _save_rows(path: Path, rows: list[dict], args: argparse.Namespace, chosen: str | None = None) -> None:
-    saved = {key: value for key, value in vars(args).items() if key != "rerender"}
-    path.parent.mkdir(exist_ok=True)
+    saved = {key: value for key, value in vars(args).items() if key not in ("rerender", "results_dir")}
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"rows": rows, "chosen": chosen, "args": saved}, indent=2))
 
 

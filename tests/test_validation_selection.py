@@ -1,0 +1,68 @@
+"""benchmarks/validation_selection.py on the tiny digits CE-vs-NCE recipe: the rule, --require, resuming, refusals."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "validation_selection.py"
+FIXED = ["runs=ce,nce", "batch_size=256", "projector=16,16"]
+
+
+def select(results_dir, *arguments):
+    environment = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1")
+    command = [sys.executable, str(SCRIPT), "supervised-nce", "epochs", *arguments, "--results-dir", str(results_dir)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=environment)
+
+
+def saved(results_dir, name="selection_supervised_nce_epochs"):
+    return json.loads((results_dir / f"{name}.json").read_text())
+
+
+def mean_of(rows, value, run, metric):
+    return float(np.mean([row[metric] for row in rows if row["value"] == value and row["run"] == run]))
+
+
+def test_a_sweep_scores_held_out_training_data_picks_the_best_mean_and_resumes(tmp_path):
+    done = select(tmp_path, "1", "2", "--choose", "nce:test_acc", "--seeds", "0", "1", "--set", *FIXED)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = saved(tmp_path)["rows"]
+    assert {(row["value"], row["seed"], row["run"]) for row in rows} == {
+        (value, seed, run) for value in ("1", "2") for seed in (0, 1) for run in ("ce", "nce")}
+    assert all(0 <= row["test_acc"] <= 1 and row["seconds"] > 0 for row in rows)
+    best = max(("1", "2"), key=lambda value: mean_of(rows, value, "nce", "test_acc"))
+    assert saved(tmp_path)["chosen"] == best
+    table = (tmp_path / "selection_supervised_nce_epochs.md").read_text()
+    assert "`holdout=0.2`" in table and f"Chosen: `epochs={best}`." in table
+    assert f"| 1 | nce | {mean_of(rows, '1', 'nce', 'test_acc'):.4f} |" in table
+
+    # A new candidate extends the sweep: only its (value, seed) pairs run, the others are read back.
+    extended = select(tmp_path, "1", "2", "3", "--choose", "nce:test_acc", "--seeds", "0", "1", "--set", *FIXED)
+    assert extended.returncode == 0, extended.stderr[-3000:]
+    assert [line.split(":")[0] for line in extended.stdout.splitlines() if " seed=" in line] == [
+        "epochs=3 seed=0", "epochs=3 seed=1"]
+    assert saved(tmp_path)["rows"][:len(rows)] == rows
+
+    # A floor no value meets chooses nothing, and says so.
+    floored = select(tmp_path, "1", "2", "3", "--choose", "nce:test_acc", "--seeds", "0", "1", "--set", *FIXED,
+                     "--require", "nce:sparsity>=1.5")
+    assert floored.returncode == 0, floored.stderr[-3000:]
+    assert saved(tmp_path)["chosen"] is None and "Chosen: none (no value meets `nce:sparsity>=1.5`)." in floored.stdout
+
+    # Other fixed settings under the same name would mix two sweeps' rows: refused.
+    mixed = select(tmp_path, "1", "--choose", "nce:test_acc", "--seeds", "0", "--set", "runs=ce,nce")
+    assert mixed.returncode != 0 and "give this one its own --name" in mixed.stderr
+
+
+def test_bad_arguments_are_refused_before_any_run(tmp_path):
+    for arguments, expected in (
+        (["1", "--choose", "test_acc"], "expected RUN:METRIC"),
+        (["1", "--choose", "nce:test_acc", "--require", "nce:sparsity>0.5"], "expected RUN:METRIC>=NUMBER"),
+        (["1", "--choose", "nce:test_acc", "--rerender"], "does not exist"),
+    ):
+        done = select(tmp_path, *arguments)
+        assert done.returncode != 0 and expected in done.stderr, (arguments, done.stderr[-2000:])
+    assert not list(tmp_path.iterdir())
