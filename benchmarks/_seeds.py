@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ncl_ext.recipes import run_recipe
@@ -37,7 +38,7 @@ def seed_benchmark(
 
     Args:
         recipe: the recipe to run (its default preset).
-        result_name: writes ``benchmarks/results/<result_name>.md`` and ``.json``.
+        result_name: writes ``benchmarks/results/<result_name>.md`` and ``.json`` (``--name`` changes it).
         title: the markdown heading.
         columns: ``(metric, column title)`` of the per-seed table.
         targets: ``(runs, wall_seconds) -> {target: met}`` for one seed.
@@ -50,6 +51,8 @@ def seed_benchmark(
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--data-root", default=None, help="the recipe's --data-root")
+    parser.add_argument("--name", default=result_name,
+                        help=f"results file stem (default {result_name}); a variant's table needs its own")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides, e.g. epochs=100")
     args = parser.parse_args()
 
@@ -77,11 +80,15 @@ def seed_benchmark(
         "",
         *_metric_rows(records, columns),
         "",
+        f"Mean ± std (numpy's, ddof 0) over seeds {', '.join(str(record['seed']) for record in records)}:",
+        "",
+        *_summary_rows(records, columns),
+        "",
         *_verdict_rows(records),
     ])
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{result_name}.md").write_text(table + "\n")
-    (RESULTS / f"{result_name}.json").write_text(json.dumps({"config": config, "seeds": records}, indent=2) + "\n")
+    (RESULTS / f"{args.name}.md").write_text(table + "\n")
+    (RESULTS / f"{args.name}.json").write_text(json.dumps({"config": config, "seeds": records}, indent=2) + "\n")
     print(table)
 
 
@@ -91,6 +98,17 @@ def _metric_rows(records: list[dict[str, Any]], columns: tuple[tuple[str, str], 
         for name, metrics in record["runs"].items():
             cells = " | ".join(f"{metrics[key]:.4f}" if key in metrics else "-" for key, _ in columns)
             lines.append(f"| {record['seed']} | {name} | {cells} |")
+    return lines
+
+
+def _summary_rows(records: list[dict[str, Any]], columns: tuple[tuple[str, str], ...]) -> list[str]:
+    lines = ["| run | " + " | ".join(title for _, title in columns) + " |", "|---|" + "---:|" * len(columns)]
+    for name in dict.fromkeys(name for record in records for name in record["runs"]):
+        cells = []
+        for key, _ in columns:
+            values = [record["runs"][name][key] for record in records if key in record["runs"].get(name, {})]
+            cells.append(f"{np.mean(values):.3f} ± {np.std(values):.3f}" if values else "-")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
 

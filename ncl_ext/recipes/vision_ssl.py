@@ -50,7 +50,7 @@ class Config(ImageRunSettings):
     runs: tuple[str, ...] = setting(RUN_NAMES, "which runs to train: cl (plain SimCLR), ncl (non-negative head)",
                                     choices=RUN_NAMES)
     backbone: str = setting("small_cnn", "a name of ncl_ext.models.build_backbone (resnet18_cifar, timm:..., ...)")
-    projector: tuple[int, ...] = setting((256, 256), "projector hidden sizes then output size", minimum=1)
+    projector: tuple[int, ...] = setting((512, 512), "projector hidden sizes then output size", minimum=1)
     nonneg: str = setting("relu", "the non-negative map of the ncl run", mode=True)
     loss: str = setting("infonce", "the contrastive objective", choices=("infonce", "spectral"))
     temperature: float = setting(0.2, "InfoNCE temperature", above=0)
