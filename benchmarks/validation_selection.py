@@ -14,7 +14,8 @@ and is chosen on that (``graph_robustness.py``); sparse-retrieval tunes nothing.
 
 Rows go to ``benchmarks/results/selection_RECIPE_SETTING.json`` (and a ``.md`` table); a rerun
 of the same sweep (same ``--set`` and data) runs only the (value, seed) pairs missing there, so
-an interrupted sweep resumes and a new candidate value extends it.
+an interrupted sweep resumes and a new candidate value extends it. A candidate whose training
+stops on a non-finite loss is recorded as diverged and never chosen.
 
 Usage:
     python benchmarks/validation_selection.py vision-ssl projector 256,256 512,512 1024,1024 2048,2048 \\
@@ -36,6 +37,8 @@ from pathlib import Path
 from ncl_ext.recipes import run_recipe
 
 RESULTS = Path(__file__).resolve().parent / "results"
+#: The ``run`` of a row whose training stopped on a non-finite loss.
+DIVERGED = "diverged"
 #: How each recipe scores held-out training data instead of its test / dev data.
 VALIDATION = {
     "vision-ssl": "holdout=0.2", "supervised-nce": "holdout=0.2", "clip-finetune": "holdout=0.2",
@@ -84,9 +87,15 @@ def main() -> None:
                 continue
             started = time.perf_counter()
             overrides = [*args.set, f"{args.setting}={value}", f"seed={seed}", validation]
-            with tempfile.TemporaryDirectory() as output:
-                results = run_recipe(args.recipe, overrides=overrides, data_root=args.data_root, output=output,
-                                     device="cpu")
+            try:
+                with tempfile.TemporaryDirectory() as output:
+                    results = run_recipe(args.recipe, overrides=overrides, data_root=args.data_root, output=output,
+                                         device="cpu")
+            except FloatingPointError as error:  # the trainer stops on a non-finite loss: never chosen
+                rows.append({"value": value, "seed": seed, "run": DIVERGED, "error": str(error)})
+                print(f"{args.setting}={value} seed={seed}: diverged ({error})", flush=True)
+                _save_rows(saved_rows, rows, args)
+                continue
             seconds = round(time.perf_counter() - started, 1)
             for run, metrics in results["runs"].items():
                 scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -107,12 +116,14 @@ def main() -> None:
     def score(value: str) -> float:
         return sum(mean(value, run, metric) for run, metric in objective) / len(objective)
 
-    scored = [value for value in args.values if not math.isnan(score(value))]  # has rows
+    diverged = list(dict.fromkeys(row["value"] for row in rows if row["run"] == DIVERGED))
+    scored = [value for value in args.values if value not in diverged and not math.isnan(score(value))]  # has rows
     allowed = [value for value in scored
                if args.require is None or mean(value, require_run, require_metric) >= float(bound)]
     chosen = max(allowed, key=score) if allowed else None
-    runs = list(dict.fromkeys(row["run"] for row in rows))
-    metrics = list(dict.fromkeys(k for row in rows for k in row if k not in ("value", "seed", "run", "seconds")))
+    runs = list(dict.fromkeys(row["run"] for row in rows if row["run"] != DIVERGED))
+    metrics = list(dict.fromkeys(k for row in rows if row["run"] != DIVERGED
+                                 for k in row if k not in ("value", "seed", "run", "seconds")))
     lines = [
         f"# {args.recipe}: choosing `{args.setting}` on a validation split",
         "",
@@ -125,18 +136,21 @@ def main() -> None:
         "",
         f"Evaluation on held-out training data (`{validation}`); the test / dev data are not used. Rule: the "
         + (f"value with the highest `{args.choose}`" if len(objective) == 1 else
-           "value with the highest mean of " + " and ".join(f"`{run}:{metric}`" for run, metric in objective))
+           "value with the highest mean of " + ", ".join(f"`{run}:{metric}`" for run, metric in objective))
         + f", mean over seeds {args.seeds}"
         + (f", among those with `{args.require}`." if args.require else "."),
         "",
         f"| {args.setting} | run | " + " | ".join(metrics) + " |",
         "|---|---|" + "---:|" * len(metrics),
     ]
-    for value in args.values:
+    for value in (value for value in args.values if value not in diverged):
         for run in runs:
             cells = (mean(value, run, metric) for metric in metrics)
             lines.append(f"| {value} | {run} | " + " | ".join("-" if c != c else f"{c:.4f}" for c in cells) + " |")
     verdict = f"`{args.setting}={chosen}`" if chosen else f"none (no value meets `{args.require}`)"
+    if diverged:
+        lines += ["", "Diverged (the loss became NaN or Inf; never chosen): "
+                  + ", ".join(f"`{args.setting}={value}`" for value in diverged) + "."]
     lines += ["", "Rule score: " + ", ".join(f"{value}: {score(value):.4f}" for value in scored) + ".",
               "", f"Chosen: {verdict}."]
     _save_rows(saved_rows, rows, args, chosen)  # creates the results folder

@@ -12,9 +12,9 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "validation_select
 FIXED = ["runs=ce,nce", "batch_size=256", "projector=16,16"]
 
 
-def select(results_dir, *arguments):
+def select(results_dir, *arguments, setting="epochs"):
     environment = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1")
-    command = [sys.executable, str(SCRIPT), "supervised-nce", "epochs", *arguments, "--results-dir", str(results_dir)]
+    command = [sys.executable, str(SCRIPT), "supervised-nce", setting, *arguments, "--results-dir", str(results_dir)]
     return subprocess.run(command, capture_output=True, text=True, timeout=600, env=environment)
 
 
@@ -54,7 +54,7 @@ def test_a_sweep_scores_held_out_training_data_picks_the_best_mean_and_resumes(t
     expected = max(("1", "2", "3"),
                    key=lambda value: mean_of(rows, value, "ce", "test_acc") + mean_of(rows, value, "nce", "test_acc"))
     assert saved(tmp_path)["chosen"] == expected
-    assert "highest mean of `ce:test_acc` and `nce:test_acc`" in both.stdout and " seed=" not in both.stdout
+    assert "highest mean of `ce:test_acc`, `nce:test_acc`" in both.stdout and " seed=" not in both.stdout
 
     # A floor no value meets chooses nothing, and says so.
     floored = select(tmp_path, "1", "2", "3", "--choose", "nce:test_acc", "--seeds", "0", "1", "--set", *FIXED,
@@ -65,6 +65,17 @@ def test_a_sweep_scores_held_out_training_data_picks_the_best_mean_and_resumes(t
     # Other fixed settings under the same name would mix two sweeps' rows: refused.
     mixed = select(tmp_path, "1", "--choose", "nce:test_acc", "--seeds", "0", "--set", "runs=ce,nce")
     assert mixed.returncode != 0 and "give this one its own --name" in mixed.stderr
+
+
+def test_a_candidate_whose_loss_diverges_is_recorded_and_never_chosen(tmp_path):
+    done = select(tmp_path, "0.1", "1e6", "--choose", "ce:test_acc,nce:test_acc", "--seeds", "0",
+                  "--set", *FIXED, "epochs=2", "warmup_epochs=0", setting="base_lr")
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = saved(tmp_path, "selection_supervised_nce_base_lr")
+    assert result["chosen"] == "0.1"
+    assert [row["run"] for row in result["rows"] if row["value"] == "1e6"] == ["diverged"]
+    assert "base_lr=1e6 seed=0: diverged (the loss became" in done.stdout
+    assert "Diverged (the loss became NaN or Inf; never chosen): `base_lr=1e6`." in done.stdout
 
 
 def test_bad_arguments_are_refused_before_any_run(tmp_path):

@@ -64,7 +64,7 @@ class Config(ImageRunSettings):
     init_from: str | None = setting(None, "a vision-ssl run's checkpoints folder to fine-tune from")
     epochs: int = setting(40, "passes over the training images", minimum=1)
     batch_size: int = setting(128, "images per batch and process", minimum=1)
-    base_lr: float = setting(0.1, "learning rate at batch 256; scaled by global batch / 256", above=0)
+    base_lr: float = setting(0.3, "learning rate at batch 256; scaled by global batch / 256", above=0)
     optimizer: str = setting("sgd", "optimizer (timm)", choices=("sgd", "lars", "adamw"))
     lars_eta: float = setting(0.02, "LARS trust coefficient, with optimizer=lars", above=0)
     lars_clip: bool = setting(True, "clip the LARS rate at the global rate, with optimizer=lars")
