@@ -21,8 +21,8 @@ Usage:
     python benchmarks/validation_selection.py vision-ssl projector 256,256 512,512 1024,1024 2048,2048 \\
         --choose cl:precision@10_ea25,ncl:precision@10_ea25 --seeds 0 1
     python benchmarks/validation_selection.py clip-finetune epochs 50 100 --choose cl:zero_shot_acc,ncl:zero_shot_acc
-    python benchmarks/validation_selection.py supervised-nce epochs 10 20 40 --choose ce:test_acc,nce:test_acc \\
-        --require 'nce:sparsity>=0.5'
+    python benchmarks/validation_selection.py supervised-nce base_lr 0.03 0.1 0.3 \\
+        --choose ce:test_acc,nce:test_acc,ce_mlp:test_acc,nce_mlp:test_acc --require 'nce:sparsity>=0.5'
 """
 
 from __future__ import annotations
@@ -64,7 +64,8 @@ def main() -> None:
                              "setting with other --set values needs its own)")
     parser.add_argument("--rerender", action="store_true",
                         help="rewrite the tables from the saved rows, running nothing")
-    parser.add_argument("--results-dir", type=Path, default=RESULTS, help="where the rows and tables go")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS,
+                        help="where the rows and tables go (default benchmarks/results)")
     args = parser.parse_args()
     if args.recipe not in VALIDATION:
         parser.error(f"recipe {args.recipe!r} has no validation split here; expected one of {', '.join(VALIDATION)}")
@@ -93,7 +94,7 @@ def main() -> None:
                                          device="cpu")
             except FloatingPointError as error:  # the trainer stops on a non-finite loss: never chosen
                 rows.append({"value": value, "seed": seed, "run": DIVERGED, "error": str(error)})
-                print(f"{args.setting}={value} seed={seed}: diverged ({error})", flush=True)
+                print(f"{args.setting}={value} seed={seed}: diverged ({error}); recorded, not retried", flush=True)
                 _save_rows(saved_rows, rows, args)
                 continue
             seconds = round(time.perf_counter() - started, 1)
@@ -116,8 +117,10 @@ def main() -> None:
     def score(value: str) -> float:
         return sum(mean(value, run, metric) for run, metric in objective) / len(objective)
 
-    diverged = list(dict.fromkeys(row["value"] for row in rows if row["run"] == DIVERGED))
+    diverged = list(dict.fromkeys(row["value"] for row in rows if row["run"] == DIVERGED and row["seed"] in args.seeds))
     scored = [value for value in args.values if value not in diverged and not math.isnan(score(value))]  # has rows
+    if not scored and len(diverged) < len(args.values):  # nothing to choose from, and not for divergence
+        raise SystemExit(f"--choose {args.choose}: no candidate's saved rows hold it; check the run and metric names")
     allowed = [value for value in scored
                if args.require is None or mean(value, require_run, require_metric) >= float(bound)]
     chosen = max(allowed, key=score) if allowed else None
@@ -147,7 +150,8 @@ def main() -> None:
         for run in runs:
             cells = (mean(value, run, metric) for metric in metrics)
             lines.append(f"| {value} | {run} | " + " | ".join("-" if c != c else f"{c:.4f}" for c in cells) + " |")
-    verdict = f"`{args.setting}={chosen}`" if chosen else f"none (no value meets `{args.require}`)"
+    verdict = (f"`{args.setting}={chosen}`" if chosen else "none (every candidate diverged)" if not scored
+               else f"none (no value meets `{args.require}`)")
     if diverged:
         lines += ["", "Diverged (the loss became NaN or Inf; never chosen): "
                   + ", ".join(f"`{args.setting}={value}`" for value in diverged) + "."]

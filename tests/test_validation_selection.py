@@ -56,6 +56,11 @@ def test_a_sweep_scores_held_out_training_data_picks_the_best_mean_and_resumes(t
     assert saved(tmp_path)["chosen"] == expected
     assert "highest mean of `ce:test_acc`, `nce:test_acc`" in both.stdout and " seed=" not in both.stdout
 
+    # A misspelled metric is named, not turned into an empty choice.
+    misspelled = select(tmp_path, "1", "2", "3", "--choose", "nce:test_accuracy", "--seeds", "0", "1",
+                        "--set", *FIXED, "--rerender")
+    assert misspelled.returncode != 0 and "check the run and metric names" in misspelled.stderr
+
     # A floor no value meets chooses nothing, and says so.
     floored = select(tmp_path, "1", "2", "3", "--choose", "nce:test_acc", "--seeds", "0", "1", "--set", *FIXED,
                      "--require", "nce:sparsity>=1.5")
