@@ -3,23 +3,28 @@
 For each candidate value of one setting and each seed, runs the recipe with its validation
 split on (``holdout=0.2`` for the image and CLIP recipes, ``validation=true`` for the
 sentence recipe: evaluation then scores held-out training data instead of the test / dev
-data), and picks the value with the best mean of the chosen ``run:metric`` (among the values
-that meet ``--require``, e.g. a sparsity floor). A setting both runs share is chosen on the
-mean of both runs' scores (``--choose cl:M,ncl:M``), so that it is not tuned for NCL at CL's
-expense (NCL's score alone picks the sentence recipe's transformer learning rate 1e-4, where
-CL's validation Spearman is 0.2 points below its value at 5e-5). The test / dev data are not
-touched; the per-seed benchmarks (``vision_digits.py``, ...) report the chosen value on them.
-graph-contrastive reports its validation-node accuracy (``node_val_acc_mean``) in every run
-and is chosen on that (``graph_robustness.py``); sparse-retrieval tunes nothing.
+data), and picks the value with the best mean of the chosen ``run:metric`` among the values
+that meet ``--require`` (e.g. a sparsity floor, or ``active_fraction``: the share of the head's
+dimensions active on some sample, which the trainer's collapse warning watches). A setting
+both runs share is chosen on the mean of both runs' scores (``--choose cl:M,ncl:M``), so that
+it is not tuned for NCL at CL's expense (NCL's score alone picks the sentence recipe's
+transformer learning rate 1e-4, where CL's validation Spearman is 0.2 points below its value
+at 5e-5). The test / dev data are not touched; the per-seed benchmarks (``vision_digits.py``,
+...) report the chosen value on them. graph-contrastive reports its validation-node accuracy
+(``node_val_acc_mean``) in every run and is chosen on that (``graph_robustness.py``);
+sparse-retrieval tunes nothing.
 
-Rows go to ``benchmarks/results/selection_RECIPE_SETTING.json`` (and a ``.md`` table); a rerun
-of the same sweep (same ``--set`` and data) runs only the (value, seed) pairs missing there, so
-an interrupted sweep resumes and a new candidate value extends it. A candidate whose training
-stops on a non-finite loss is recorded as diverged and never chosen.
+Rows go to ``benchmarks/results/selection_RECIPE_SETTING.json`` (and a ``.md`` table), with the
+resolved settings every candidate shares (``fixed``: the recipe's config without the swept
+setting and the seed). A rerun of the same sweep runs only the (value, seed) pairs missing
+there, so an interrupted sweep resumes and a new candidate value extends it; it refuses to add
+rows when a default has changed since (its ``fixed`` settings differ), which would mix rows
+trained under different settings. A candidate whose training stops on a non-finite loss is
+recorded as diverged and never chosen.
 
 Usage:
     python benchmarks/validation_selection.py vision-ssl projector 256,256 512,512 1024,1024 2048,2048 \\
-        --choose cl:precision@10_ea25,ncl:precision@10_ea25 --seeds 0 1
+        --choose cl:precision@10_ea25,ncl:precision@10_ea25 --seeds 0 1 --require 'ncl:active_fraction>=0.1'
     python benchmarks/validation_selection.py clip-finetune epochs 50 100 --choose cl:zero_shot_acc,ncl:zero_shot_acc
     python benchmarks/validation_selection.py supervised-nce base_lr 0.03 0.1 0.3 \\
         --choose ce:test_acc,nce:test_acc,ce_mlp:test_acc,nce_mlp:test_acc --require 'nce:sparsity>=0.5'
@@ -30,11 +35,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from ncl_ext.recipes import run_recipe
+from ncl_ext.recipes import resolve_config, run_recipe
+from ncl_ext.recipes.config import evaluation_settings, training_settings
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: The ``run`` of a row whose training stopped on a non-finite loss.
@@ -80,7 +87,9 @@ def main() -> None:
     validation = VALIDATION[args.recipe]
     name = args.name or f"selection_{args.recipe}_{args.setting}".replace("-", "_")
     saved_rows = args.results_dir / f"{name}.json"
-    rows = _saved_rows(saved_rows, args)
+    # The settings every candidate shares: today's, unless only saved rows are re-rendered.
+    current = None if args.rerender else _fixed_settings(args, validation)
+    rows, fixed = _saved_rows(saved_rows, args, current)
     done = {(row["value"], row["seed"]) for row in rows}
     for value in [] if args.rerender else args.values:
         for seed in args.seeds:
@@ -95,7 +104,7 @@ def main() -> None:
             except FloatingPointError as error:  # the trainer stops on a non-finite loss: never chosen
                 rows.append({"value": value, "seed": seed, "run": DIVERGED, "error": str(error)})
                 print(f"{args.setting}={value} seed={seed}: diverged ({error}); recorded, not retried", flush=True)
-                _save_rows(saved_rows, rows, args)
+                _save_rows(saved_rows, rows, args, fixed)
                 continue
             seconds = round(time.perf_counter() - started, 1)
             for run, metrics in results["runs"].items():
@@ -107,11 +116,12 @@ def main() -> None:
                                      f"its metrics: {', '.join(results['runs'].get(run, {})) or 'none'}")
             score = sum(results["runs"][run][metric] for run, metric in objective) / len(objective)
             print(f"{args.setting}={value} seed={seed}: {args.choose} = {score}, {seconds} s", flush=True)
-            _save_rows(saved_rows, rows, args)  # after every run, so an interrupted sweep resumes
+            _save_rows(saved_rows, rows, args, fixed)  # after every run, so an interrupted sweep resumes
 
     def mean(value: str, run: str, metric: str) -> float:
-        values = [row[metric] for row in rows
-                  if row["value"] == value and row["run"] == run and row["seed"] in args.seeds and metric in row]
+        values = [row_value for row in rows
+                  if row["value"] == value and row["run"] == run and row["seed"] in args.seeds
+                  and (row_value := _metric(row, metric)) is not None]
         return sum(values) / len(values) if values else float("nan")
 
     def score(value: str) -> float:
@@ -121,12 +131,16 @@ def main() -> None:
     scored = [value for value in args.values if value not in diverged and not math.isnan(score(value))]  # has rows
     if not scored and len(diverged) < len(args.values):  # nothing to choose from, and not for divergence
         raise SystemExit(f"--choose {args.choose}: no candidate's saved rows hold it; check the run and metric names")
+    if args.require is not None and scored and all(math.isnan(mean(v, require_run, require_metric)) for v in scored):
+        raise SystemExit(f"--require {args.require}: no saved row of run {require_run!r} holds {require_metric!r}")
     allowed = [value for value in scored
                if args.require is None or mean(value, require_run, require_metric) >= float(bound)]
     chosen = max(allowed, key=score) if allowed else None
     runs = list(dict.fromkeys(row["run"] for row in rows if row["run"] != DIVERGED))
     metrics = list(dict.fromkeys(k for row in rows if row["run"] != DIVERGED
                                  for k in row if k not in ("value", "seed", "run", "seconds")))
+    if {"active_dims", "dead_dims"} <= set(metrics) and "active_fraction" not in metrics:
+        metrics.append("active_fraction")
     lines = [
         f"# {args.recipe}: choosing `{args.setting}` on a validation split",
         "",
@@ -157,27 +171,75 @@ def main() -> None:
                   + ", ".join(f"`{args.setting}={value}`" for value in diverged) + "."]
     lines += ["", "Rule score: " + ", ".join(f"{value}: {score(value):.4f}" for value in scored) + ".",
               "", f"Chosen: {verdict}."]
-    _save_rows(saved_rows, rows, args, chosen)  # creates the results folder
+    _save_rows(saved_rows, rows, args, fixed, chosen)  # creates the results folder
     saved_rows.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
-def _saved_rows(path: Path, args: argparse.Namespace) -> list[dict]:
-    """The rows of an earlier run of the same sweep (recipe, setting, ``--set``, data), so it resumes or extends."""
+def _fixed_settings(args: argparse.Namespace, validation: str) -> dict:
+    """The resolved settings every candidate shares: the recipe's config without the swept setting and the seed.
+
+    The settings that decide a trained model and its evaluation, as the run folders' training hash
+    counts them (paths, the device and the list of runs aside).
+    """
+    config, _ = resolve_config(args.recipe, overrides=[*args.set, validation], data_root=args.data_root)
+    settings = {**training_settings(config), **evaluation_settings(config)}
+    if args.setting not in settings:
+        raise SystemExit(f"setting {args.setting!r} is not a setting of {args.recipe}; expected one of "
+                         f"{', '.join(sorted(settings))}")
+    return {key: value for key, value in settings.items() if key not in (args.setting, "seed")}
+
+
+def _saved_rows(path: Path, args: argparse.Namespace, current: dict | None) -> tuple[list[dict], dict | None]:
+    """The rows of an earlier run of the same sweep (recipe, setting, ``--set``, data), and the settings to record.
+
+    New rows are added only when the saved rows were trained with the ``current`` settings:
+    a setting that changed since (a new default) would mix two sweeps, and a sweep saved
+    before settings were recorded cannot tell. Re-scoring saved rows only warns.
+    """
     saved = json.loads(path.read_text()) if path.is_file() else None
     if saved is None:
         if args.rerender:
             raise SystemExit(f"--rerender: {path} does not exist")
-        return []
+        return [], current
     if any(saved["args"].get(key) != getattr(args, key) for key in ("recipe", "setting", "set", "data_root")):
         raise SystemExit(f"{path} holds another sweep ({saved['args']}); give this one its own --name")
-    return saved["rows"]
+    rows, recorded = saved["rows"], saved.get("fixed")
+    if current is None:  # --rerender
+        return rows, recorded
+    done = {(row["value"], row["seed"]) for row in rows}
+    adds_rows = any((value, seed) not in done for value in args.values for seed in args.seeds)
+    if recorded is None:
+        if adds_rows:
+            raise SystemExit(f"{path} predates recorded settings, so new rows could mix settings; "
+                             "start a new sweep with --name")
+        return rows, None
+    changed = [f"{key} {recorded[key]!r} -> {current[key]!r}"
+               for key in sorted(recorded.keys() & current.keys()) if recorded[key] != current[key]]
+    if changed and adds_rows:
+        raise SystemExit(f"{path}: settings changed since its rows were trained ({', '.join(changed)}); new rows "
+                         "would mix them: pin the old values with --set, or start a new sweep with --name")
+    if changed:
+        print(f"note: {path.name}'s rows were trained before these settings changed: {', '.join(changed)}",
+              file=sys.stderr)
+    added = sorted(current.keys() - recorded.keys())
+    if added and adds_rows:  # a setting new to the recipe; its default is assumed to keep the old behaviour
+        print(f"note: settings new since {path.name} was started: {', '.join(added)}", file=sys.stderr)
+    return rows, current if adds_rows else recorded
 
 
-def _save_rows(path: Path, rows: list[dict], args: argparse.Namespace, chosen: str | None = None) -> None:
+def _metric(row: dict, metric: str) -> float | None:
+    """A row's metric; ``active_fraction`` (the share of the head's dimensions active) derives from the counts."""
+    if metric == "active_fraction" and metric not in row and {"active_dims", "dead_dims"} <= row.keys():
+        return row["active_dims"] / (row["active_dims"] + row["dead_dims"])
+    return row.get(metric)
+
+
+def _save_rows(path: Path, rows: list[dict], args: argparse.Namespace, fixed: dict | None,
+               chosen: str | None = None) -> None:
     saved = {key: value for key, value in vars(args).items() if key not in ("rerender", "results_dir")}
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"rows": rows, "chosen": chosen, "args": saved}, indent=2))
+    path.write_text(json.dumps({"rows": rows, "chosen": chosen, "args": saved, "fixed": fixed}, indent=2))
 
 
 def _is_number(text: str) -> bool:

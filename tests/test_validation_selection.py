@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "validation_selection.py"
 FIXED = ["runs=ce,nce", "batch_size=256", "projector=16,16"]
@@ -61,11 +62,51 @@ def test_a_sweep_scores_held_out_training_data_picks_the_best_mean_and_resumes(t
                         "--set", *FIXED, "--rerender")
     assert misspelled.returncode != 0 and "check the run and metric names" in misspelled.stderr
 
-    # A floor no value meets chooses nothing, and says so.
+    # A floor no value meets chooses nothing, and says so; active_fraction derives from the saved counts.
     floored = select(tmp_path, "1", "2", "3", "--choose", "nce:test_acc", "--seeds", "0", "1", "--set", *FIXED,
                      "--require", "nce:sparsity>=1.5")
     assert floored.returncode == 0, floored.stderr[-3000:]
     assert saved(tmp_path)["chosen"] is None and "Chosen: none (no value meets `nce:sparsity>=1.5`)." in floored.stdout
+    alive = float(np.mean([row["active_dims"] / (row["active_dims"] + row["dead_dims"])
+                           for row in rows if row["value"] == "1" and row["run"] == "nce"]))
+    fraction = select(tmp_path, "1", "--choose", "nce:test_acc", "--seeds", "0", "1", "--set", *FIXED,
+                      "--require", f"nce:active_fraction>={alive + 1e-6}", "--rerender")
+    assert fraction.returncode == 0 and "Chosen: none (no value meets" in fraction.stdout
+    assert f"| {alive:.4f} |" in fraction.stdout.split("| 1 | nce |")[1].splitlines()[0]
+    absent = select(tmp_path, "1", "--choose", "nce:test_acc", "--seeds", "0", "1", "--set", *FIXED,
+                    "--require", "nce:active_share>=0.5", "--rerender")
+    assert absent.returncode != 0 and "holds 'active_share'" in absent.stderr
+
+    # The sweep records the resolved settings its candidates share (the preset's, then --set) ...
+    path, record = tmp_path / "selection_supervised_nce_epochs.json", saved(tmp_path)
+    fixed = record["fixed"]
+    preset = yaml.safe_load((SCRIPT.parents[1] / "recipes" / "supervised-nce" / "digits.yaml").read_text())
+    assert fixed["base_lr"] == preset["base_lr"] and fixed["weight_decay"] == preset["weight_decay"]
+    assert fixed["batch_size"] == 256 and fixed["projector"] == [16, 16] and fixed["holdout"] == 0.2
+    assert "epochs" not in fixed and "seed" not in fixed
+
+    def refused(result, message):
+        assert result.returncode != 0 and message in result.stderr, result.stderr[-3000:]
+        assert " seed=" not in result.stdout and saved(tmp_path) == record  # nothing ran, nothing written
+
+    # ... so new rows after a default changed are refused, and re-scoring the saved rows says so.
+    record["fixed"]["base_lr"] = fixed["base_lr"] * 2
+    path.write_text(json.dumps(record))
+    refused(select(tmp_path, "4", "--choose", "nce:test_acc", "--seeds", "0", "--set", *FIXED),
+            f"base_lr {fixed['base_lr']!r} -> {fixed['base_lr'] / 2!r}")
+    rescored = select(tmp_path, "1", "2", "--choose", "nce:test_acc", "--seeds", "0", "1", "--set", *FIXED)
+    assert rescored.returncode == 0 and "trained before these settings changed: base_lr" in rescored.stderr
+    assert saved(tmp_path)["fixed"] == record["fixed"]
+
+    # A sweep saved before settings were recorded can be re-scored, never extended.
+    del record["fixed"]
+    path.write_text(json.dumps(record))
+    refused(select(tmp_path, "4", "--choose", "nce:test_acc", "--seeds", "0", "--set", *FIXED),
+            "predates recorded settings")
+    old = select(tmp_path, "1", "2", "--choose", "nce:test_acc", "--seeds", "0", "1", "--set", *FIXED, "--rerender")
+    assert old.returncode == 0 and saved(tmp_path)["fixed"] is None
+    unknown = select(tmp_path, "1", "--choose", "nce:test_acc", "--seeds", "0", setting="epoch")
+    assert unknown.returncode != 0 and "'epoch' is not a setting of supervised-nce" in unknown.stderr
 
     # Other fixed settings under the same name would mix two sweeps' rows: refused.
     mixed = select(tmp_path, "1", "--choose", "nce:test_acc", "--seeds", "0", "--set", "runs=ce,nce")

@@ -3,6 +3,8 @@
 - :mod:`~ncl_ext.adapters.hf` — Hugging Face ``transformers`` models (:func:`ncl_ext.patch`);
 - :mod:`~ncl_ext.adapters.clip` — open_clip models and HF CLIP / SigLIP behind open_clip's interface;
 - :mod:`~ncl_ext.adapters.text` — sentence-transformers: the non-negative head, NCL losses, sparse encoders;
+- :mod:`~ncl_ext.adapters.text_search` — sentence-transformers' evaluators and search engines
+  (Qdrant, Seismic) on embeddings computed once;
 - :mod:`~ncl_ext.adapters.graph` — PyTorch Geometric: GRACE with the non-negative head.
 
 Each is imported when first touched (``ncl_ext.adapters.clip.nonneg_clip`` works after
@@ -17,7 +19,7 @@ Examples:
 import importlib
 from typing import Any
 
-__all__ = ["clip", "graph", "hf", "text"]
+__all__ = ["clip", "graph", "hf", "text", "text_search"]
 
 
 def __getattr__(name: str) -> Any:

@@ -31,7 +31,7 @@ from ncl_ext._checks import as_features, as_labels, check_int, check_positive
 from ncl_ext.analysis.retrieval import cosine_top_k
 from ncl_ext.log import progress
 
-__all__ = ["knn_accuracy", "linear_probe", "logistic_regression_accuracy"]
+__all__ = ["knn_accuracy", "linear_probe", "logistic_regression_accuracies", "logistic_regression_accuracy"]
 
 
 def _train_test(
@@ -172,12 +172,24 @@ def logistic_regression_accuracy(
     split: tuple[Any, Any, Any],
     inverse_regularization: Sequence[float] = (0.0625, 0.25, 1.0, 4.0, 16.0, 64.0, 256.0, 1024.0),
 ) -> float:
-    """Test accuracy of an L2-regularised logistic regression on L2-normalised features (GRACE's probe).
+    """The test accuracy of :func:`logistic_regression_accuracies` (GRACE's probe)."""
+    return logistic_regression_accuracies(features, labels, split, inverse_regularization)[1]
 
-    scikit-learn's one-vs-rest ``liblinear`` logistic regression (the classifier of Zhu et al.,
-    "Deep Graph Contrastive Representation Learning", 2020) is fitted on the ``train`` rows
-    for each ``C`` (inverse L2 strength) in ``inverse_regularization``; the one most accurate
-    on the ``validation`` rows is scored on the ``test`` rows, which no choice has seen.
+
+def logistic_regression_accuracies(
+    features: Any,
+    labels: Any,
+    split: tuple[Any, Any, Any],
+    inverse_regularization: Sequence[float] = (0.0625, 0.25, 1.0, 4.0, 16.0, 64.0, 256.0, 1024.0),
+) -> tuple[float, float]:
+    """``(validation, test)`` accuracy of an L2-regularised logistic regression on L2-normalised features.
+
+    GRACE's probe: scikit-learn's one-vs-rest ``liblinear`` logistic regression (the classifier
+    of Zhu et al., "Deep Graph Contrastive Representation Learning", 2020) is fitted on the
+    ``train`` rows for each ``C`` (inverse L2 strength) in ``inverse_regularization``; the one
+    most accurate on the ``validation`` rows (the first, on a tie) is scored on the ``test`` rows,
+    which no choice has seen. The validation accuracy is that of the chosen ``C``: what a
+    setting may be selected on.
 
     Args:
         features: ``(N, D)`` features; labels: ``(N,)`` class labels.
@@ -187,8 +199,8 @@ def logistic_regression_accuracy(
     Examples:
         >>> x = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]] * 3)
         >>> y = torch.tensor([0, 0, 1, 1] * 3)
-        >>> logistic_regression_accuracy(x, y, (torch.arange(4), torch.arange(4, 8), torch.arange(8, 12)))
-        1.0
+        >>> logistic_regression_accuracies(x, y, (torch.arange(4), torch.arange(4, 8), torch.arange(8, 12)))
+        (1.0, 1.0)
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.multiclass import OneVsRestClassifier
@@ -207,4 +219,4 @@ def logistic_regression_accuracy(
         score = model.score(x[validation], y[validation])
         if score > best_score:
             best_score, best_model = score, model
-    return float(best_model.score(x[test], y[test]))
+    return float(best_score), float(best_model.score(x[test], y[test]))

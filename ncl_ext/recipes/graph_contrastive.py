@@ -47,7 +47,7 @@ import numpy as np
 from ncl_ext import analysis
 from ncl_ext.adapters.graph import GRACE, OBJECTIVES, GCNEncoder, GraphAugmentation
 from ncl_ext.analysis.loading import save_run_features
-from ncl_ext.analysis.probes import logistic_regression_accuracy
+from ncl_ext.analysis.probes import logistic_regression_accuracies, logistic_regression_accuracy
 from ncl_ext.data.graphs import (
     GRAPH_DATASETS,
     WholeGraph,
@@ -201,13 +201,10 @@ def evaluate(config: Config, name: str, model: GRACE, context: Context, output: 
     splits = random_node_splits(
         len(labels), config.train_fraction, config.val_fraction, config.eval_splits, config.seed
     )
-    probe = [logistic_regression_accuracy(embeddings, labels, split, config.inverse_regularization) for split in splits]
-    # The validation accuracy of the chosen C: the probe scored on the nodes that chose it
-    # (what a setting may be selected on; the test nodes stay unseen).
-    validation = [
-        logistic_regression_accuracy(embeddings, labels, (train, val, val), config.inverse_regularization)
-        for train, val, _ in splits
-    ]
+    # (validation, test) accuracy per split; a setting may be selected on the validation nodes only.
+    validation, probe = zip(
+        *(logistic_regression_accuracies(embeddings, labels, split, config.inverse_regularization) for split in splits)
+    )
     head_probe = [logistic_regression_accuracy(head, labels, split, config.inverse_regularization) for split in splits]
     metrics: dict[str, Any] = {
         "node_acc_mean": float(np.mean(probe)), "node_acc_std": float(np.std(probe)),

@@ -50,15 +50,13 @@ from sentence_transformers.util import select_max_active_dims
 
 from ncl_ext.adapters.text import (
     NCLRankingLoss,
-    QdrantSparseIndex,
-    SeismicSparseIndex,
-    STSRetrievalScorer,
     freeze_lower_layers,
     pretrained_sentence_transformer,
     save_model_atomically,
     sparse_encoder,
     train_on_pairs,
 )
+from ncl_ext.adapters.text_search import QdrantSparseIndex, SeismicSparseIndex, STSRetrievalScorer
 from ncl_ext.analysis import expected_activation_order
 from ncl_ext.analysis.loading import save_run_features
 from ncl_ext.data.text_pairs import check_sts_source, load_sts_benchmark, sample_sentences, sts_positive_pairs

@@ -1,4 +1,4 @@
-"""Sentence embeddings: the non-negative head, the NCL ranking losses, sparse encoders, evaluators, engines.
+"""Sentence embeddings: the non-negative head, the NCL ranking losses, sparse encoders.
 
 Tiny real sentence-transformers models are built offline from a small ``BertConfig`` and a
 word-level vocabulary; expected values come from numpy re-implementations in this file.
@@ -15,7 +15,6 @@ import sentence_transformers
 import torch
 from datasets import Dataset
 from packaging.version import Version
-from scipy.stats import spearmanr
 from sentence_transformers import (
     SentenceTransformer,
     SentenceTransformerTrainer,
@@ -38,30 +37,13 @@ from ncl_ext.adapters.text import (
     CachedNCLRankingLoss,
     NCLRankingLoss,
     NCLSpectralLoss,
-    PrecomputedRetrievalEvaluator,
-    PrecomputedSimilarityEvaluator,
-    QdrantSparseIndex,
-    SeismicSparseIndex,
-    STSRetrievalScorer,
     add_nonneg_head,
     freeze_lower_layers,
     sparse_encoder,
     train_on_pairs,
 )
-from ncl_ext.analysis import SparseIndex
 from ncl_ext.nonneg import rep_relu
-from tests._tiny_models import HIDDEN, SENTENCES, WORDS, save_tiny_sentence_transformer
-
-
-@pytest.fixture(scope="module")
-def tiny_path(tmp_path_factory):
-    """A tiny BERT + word-level tokenizer, saved as a SentenceTransformer folder."""
-    return save_tiny_sentence_transformer(tmp_path_factory.mktemp("tiny-bert"))
-
-
-@pytest.fixture
-def model(tiny_path):
-    return SentenceTransformer(str(tiny_path), device="cpu")
+from tests._tiny_models import HIDDEN, SENTENCES
 
 
 def features_of(model, columns):
@@ -509,111 +491,6 @@ def test_a_dead_row_gets_a_bounded_gradient_while_training(model, tmp_path):
     reloaded = SentenceTransformer(str(tmp_path), device="cpu")
     assert not reloaded[2]._forward_hooks and not reloaded[2].activation_function._forward_hooks
     np.testing.assert_allclose(reloaded.encode(SENTENCES), model.encode(SENTENCES), atol=1e-6)
-
-
-# --- evaluators on precomputed embeddings and search backends ----------------------------
-
-
-def test_precomputed_similarity_evaluator_matches_scipy_spearman(model):
-    first, second, gold = SENTENCES[:4], SENTENCES[4:], [0.5, 4.0, 2.0, 3.0]
-    texts = SENTENCES
-    embeddings = torch.randn(len(texts), 6, generator=torch.Generator().manual_seed(1))
-    unit = torch.nn.functional.normalize(embeddings, dim=1).numpy()
-    cosines = [float(unit[texts.index(a)] @ unit[texts.index(b)]) for a, b in zip(first, second)]
-    dots = [float(embeddings[texts.index(a)] @ embeddings[texts.index(b)]) for a, b in zip(first, second)]
-    for name, values in (("cosine", cosines), ("dot", dots)):
-        evaluator = PrecomputedSimilarityEvaluator(first, second, gold, similarity_fn_name=name)
-        assert evaluator.spearman(texts, embeddings) == pytest.approx(spearmanr(values, gold)[0])
-    evaluator.spearman(texts, embeddings, model)  # with a model: recorded in its model card, as the evaluator does
-    assert model.model_card_data.eval_results_dict
-
-
-def test_precomputed_retrieval_evaluator_scores_rankings_by_hand():
-    corpus = {str(i): f"doc {i}" for i in range(5)}
-    queries = {"0": "doc 0", "3": "doc 3"}
-    relevant = {"0": {"2"}, "3": {"1", "4"}}
-    evaluator = PrecomputedRetrievalEvaluator(queries, corpus, relevant, k=2)
-    # query 0 finds itself (dropped), then 1, then 2; query 3 finds 4, itself (dropped), then 0
-    indices = torch.tensor([[0, 1, 2], [4, 3, 0]])
-    scores = torch.tensor([[1.0, 0.9, 0.8], [0.9, 0.8, 0.1]])
-    metrics = evaluator.score(scores, indices)
-    assert metrics["mrr@2"] == pytest.approx((1 / 2 + 1) / 2)
-    assert metrics["recall@2"] == pytest.approx((1 + 1 / 2) / 2)
-    ndcg_0 = (1 / math.log2(3)) / 1.0
-    ndcg_3 = 1.0 / (1 + 1 / math.log2(3))
-    assert metrics["ndcg@2"] == pytest.approx((ndcg_0 + ndcg_3) / 2)
-    with pytest.raises(ValueError, match="one per query"):
-        evaluator.score(scores[:1], indices[:1])
-
-
-def test_sts_retrieval_scorer_gives_the_same_metrics_for_dense_and_sparse_search():
-    sts = Dataset.from_dict({
-        "sentence1": ["a cat", "a dog", "a car", "the sun"],
-        "sentence2": ["the cat", "the dog", "a bus", "a star"],
-        "score": [4.5, 4.0, 1.0, 0.5],
-    })
-    scorer = STSRetrievalScorer(sts, min_score=4.0, top_k=2, timing_repeats=1)
-    assert scorer.texts == ["a cat", "the cat", "a dog", "the dog", "a car", "a bus", "the sun", "a star"]
-    # cat words share dimension 0, dog words dimension 1; each row also has a dimension of its own
-    embeddings = torch.zeros(8, 10)
-    embeddings[[0, 1], 0] = 1.0
-    embeddings[[2, 3], 1] = 1.0
-    embeddings[torch.arange(8), 2 + torch.arange(8)] = 0.5
-    dense = scorer.score(embeddings, sparse=False)
-    sparse = scorer.score(embeddings, sparse=True)
-    for name in ("spearman", "mrr@2", "ndcg@2", "recall@2"):
-        assert dense[name] == pytest.approx(sparse[name])
-    assert dense["mrr@2"] == 1.0 and dense["recall@2"] == 1.0  # every partner ranks first
-    assert dense["index_kib"] == pytest.approx(4 * 8 * 10 / 1024)
-    assert sparse["index_kib"] == pytest.approx(8 * (12 + 8) / 1024)  # 12 non-zeros, 8 rows
-    assert scorer.compare_engine(QdrantSparseIndex, embeddings, queries=4)["recall_vs_exact"] == 1.0
-    with pytest.raises(ValueError, match="one per text"):
-        scorer.score(embeddings[:3], sparse=False)
-    with pytest.raises(ValueError, match="similarity='l2'"):
-        scorer.score(embeddings, sparse=False, similarity="l2")
-
-
-def corpus_sentences(count, seed=0):
-    generator = np.random.default_rng(seed)
-    sentences = {" ".join(generator.choice(WORDS, size=6)) for _ in range(2 * count)}
-    return sorted(sentences)[:count]
-
-
-@pytest.fixture(scope="module")
-def ncl_rows(tiny_path):
-    """L2-normalised NCL embeddings of 80 distinct sentences, cut to 16 active dims per row."""
-    torch.manual_seed(0)
-    encoder = sparse_encoder(tiny_path, dim=64, device="cpu")
-    rows = encoder.encode(corpus_sentences(80), max_active_dims=16).to_dense()
-    return torch.nn.functional.normalize(rows, dim=1)
-
-
-def test_qdrant_local_mode_top10_equals_the_exact_sparse_index(ncl_rows):
-    queries = ncl_rows[:30] + 0.01 * ncl_rows[30:60]  # near-duplicates of corpus rows, not copies
-    exact_scores, exact = SparseIndex(ncl_rows).search(queries, 10)
-    index = QdrantSparseIndex(ncl_rows)  # QdrantClient(":memory:"): in process, no server
-    scores, found = index.search(queries, 10)
-    recall = np.mean([len(set(a.tolist()) & set(b.tolist())) / 10 for a, b in zip(found, exact)])
-    assert recall >= 0.99
-    torch.testing.assert_close(scores, exact_scores, atol=1e-5, rtol=1e-5)
-    assert index.client.count(index.collection).count == len(ncl_rows)
-
-
-def test_qdrant_index_rejects_bad_input():
-    with pytest.raises(ValueError, match="NaN"):
-        QdrantSparseIndex(torch.tensor([[1.0, float("nan")]]))
-    with pytest.raises(ValueError, match="2-D"):
-        QdrantSparseIndex(torch.ones(3))
-
-
-def test_seismic_finds_nearly_the_exact_top10(ncl_rows):
-    pytest.importorskip("seismic")
-    queries = ncl_rows[:30] + 0.01 * ncl_rows[30:60]
-    _, exact = SparseIndex(ncl_rows).search(queries, 10)
-    scores, found = SeismicSparseIndex(ncl_rows, summary_energy=1.0).search(queries, 10, query_cut=16)
-    recall = np.mean([len(set(a.tolist()) & set(b.tolist())) / 10 for a, b in zip(found, exact)])
-    assert recall >= 0.95  # approximate: block summaries may skip a document
-    assert (scores[:, :-1] >= scores[:, 1:]).all()
 
 
 # --- multi-GPU gathering, checked with two gloo processes --------------------------------

@@ -10,6 +10,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from ncl_ext.analysis import knn_accuracy, linear_probe
+from ncl_ext.analysis.probes import logistic_regression_accuracies
 from tests._analysis_threads import one_torch_thread  # noqa: F401  (fixture)
 
 
@@ -38,6 +39,22 @@ def test_linear_probe_full_batch_and_string_labels(digits) -> None:
     names = np.array(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"])
     accuracy = linear_probe(train_x, names[train_y], test_x, names[test_y], epochs=100, lr=0.05, batch_size=None)
     assert accuracy > 0.9
+
+
+def test_grace_probe_chooses_c_on_validation_rows_and_scores_test_rows(digits) -> None:
+    from sklearn.multiclass import OneVsRestClassifier
+
+    x, y = digits[0][:90].astype(np.float64), digits[1][:90]
+    train, validation, test = np.arange(0, 30), np.arange(30, 60), np.arange(60, 90)
+    grid = (1.0, 10.0, 100.0, 1000.0)
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    fitted = [OneVsRestClassifier(LogisticRegression(C=c, solver="liblinear")).fit(unit[train], y[train]) for c in grid]
+    on_validation = [model.score(unit[validation], y[validation]) for model in fitted]
+    on_test = [model.score(unit[test], y[test]) for model in fitted]
+    chosen = int(np.argmax(on_validation))  # the first of tied C values, as the probe keeps it
+    assert chosen != int(np.argmax(on_test))  # so a probe that chose C on the test rows would fail below
+    expected = (on_validation[chosen], on_test[chosen])
+    assert logistic_regression_accuracies(x, y, (train, validation, test), grid) == pytest.approx(expected)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
