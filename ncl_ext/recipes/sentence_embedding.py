@@ -50,13 +50,13 @@ from sentence_transformers.util import select_max_active_dims
 
 from ncl_ext.adapters.text import (
     NCLRankingLoss,
-    PrecomputedSimilarityEvaluator,
     add_nonneg_head,
     freeze_lower_layers,
     pretrained_sentence_transformer,
     save_model_atomically,
     train_on_pairs,
 )
+from ncl_ext.adapters.text_search import PrecomputedSimilarityEvaluator
 from ncl_ext.analysis import expected_activation_order, sparsity, write_top_activating_texts
 from ncl_ext.analysis.loading import save_run_features
 from ncl_ext.data.text_pairs import (
@@ -97,7 +97,7 @@ class Config(Settings):
     lr: float = setting(5e-5, "learning rate of the transformer layers that train", above=0)
     head_lr: float = setting(1e-4, "learning rate of the new head (it starts from scratch)", above=0)
     warmup_ratio: float = setting(0.1, "share of the steps with a linear learning-rate warm-up", minimum=0, below=1)
-    trainable_layers: int = setting(4, "top transformer layers that train (-1: all)", minimum=-1)
+    trainable_layers: int = setting(-1, "top transformer layers that train (-1: all)", minimum=-1)
     validation: bool = setting(False, "score 20% of the STS-B train pairs, held out from training, instead of dev")
     save_steps: int = setting(50, "checkpoint every this many steps (a rerun resumes)", minimum=1)
     seed: int = setting(0, "seeds the heads and the batch order (the same for every run)")
