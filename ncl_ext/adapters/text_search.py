@@ -20,7 +20,7 @@ The non-negative head, the NCL losses and the sparse encoder that make such embe
 from __future__ import annotations
 
 import math
-import time
+import timeit
 import uuid
 from typing import Any
 
@@ -192,6 +192,9 @@ class STSRetrievalScorer:
     def __init__(self, sts: Any, min_score: float = 4.0, top_k: int = 10, timing_repeats: int = 3) -> None:
         from ncl_ext.data.text_pairs import duplicate_retrieval
 
+        for name, value in (("top_k", top_k), ("timing_repeats", timing_repeats)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r}; expected a positive integer")
         queries, corpus, relevant = duplicate_retrieval(sts, min_score)
         self.texts = list(corpus.values())
         self.retrieval = PrecomputedRetrievalEvaluator(queries, corpus, relevant, top_k)
@@ -251,13 +254,9 @@ class STSRetrievalScorer:
 
 
 def _best_time(function: Any, repeats: int) -> tuple[float, Any]:
-    """The shortest of ``repeats`` wall times of ``function()``, and its result."""
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        result = function()
-        times.append(time.perf_counter() - started)
-    return min(times), result
+    """The shortest of ``repeats`` wall times of ``function()`` (after one untimed warm-up call), and its result."""
+    result = function()
+    return min(timeit.repeat(function, number=1, repeat=repeats)), result
 
 
 # --- search backends: the same (scores, indices) contract as ncl_ext.analysis.SparseIndex --
