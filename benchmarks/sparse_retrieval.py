@@ -110,7 +110,7 @@ def _report(records: list[dict], config: dict[str, Any]) -> list[str]:
         f"CSR {config['head_dim']} latents; STS-B train pairs scored >= {config['min_score']}; STS-B dev. "
         f"Mean ± std over seeds {[r['seed'] for r in records]}; {torch.get_num_threads()} torch threads, "
         f"{os.cpu_count()} cores, exact search timed best of "
-        f"{config['timing_repeats']}.",
+        f"{config['timing_repeats']} after a warm-up search.",
         "",
         "| method | k | " + " | ".join(title for _, title, _ in COLUMNS) + " |",
         "|---|---:|" + "---:|" * len(COLUMNS),

@@ -42,6 +42,7 @@ except ImportError as error:
     ) from error
 from torch import Tensor
 
+from ncl_ext._checks import check_int
 from ncl_ext.analysis import SparseIndex
 
 __all__ = [
@@ -192,9 +193,7 @@ class STSRetrievalScorer:
     def __init__(self, sts: Any, min_score: float = 4.0, top_k: int = 10, timing_repeats: int = 3) -> None:
         from ncl_ext.data.text_pairs import duplicate_retrieval
 
-        for name, value in (("top_k", top_k), ("timing_repeats", timing_repeats)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r}; expected a positive integer")
+        top_k, timing_repeats = check_int(top_k, "top_k"), check_int(timing_repeats, "timing_repeats")
         queries, corpus, relevant = duplicate_retrieval(sts, min_score)
         self.texts = list(corpus.values())
         self.retrieval = PrecomputedRetrievalEvaluator(queries, corpus, relevant, top_k)

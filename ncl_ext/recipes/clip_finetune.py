@@ -73,7 +73,7 @@ class Config(Settings):
     source: str = setting("open_clip", "which library builds the model", choices=("open_clip", "hf"))
     model: str | None = setting("digits-tiny", "open_clip model name (or local-dir:PATH), or an HF folder")
     pretrained: str | None = setting(None, "open_clip pretrained tag or local checkpoint file")
-    init_temperature: float = setting(0.2, "models from random init: logit_scale starts at log(1 / this)", above=0)
+    init_temperature: float = setting(0.5, "models from random init: logit_scale starts at log(1 / this)", above=0)
     lock_image: bool = setting(False, "freeze the image tower")
     lock_text: bool = setting(False, "freeze the text tower")
     unlocked_groups: int = setting(1, "last layer groups left trainable in a locked tower (1: its projection)",

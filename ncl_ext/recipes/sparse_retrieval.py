@@ -19,13 +19,14 @@ same steps, trainable layers and learning rates:
 
 At each budget (suffix ``_k{k}``), on STS-B dev, which no choice looks at: ``stsb_spearman``
 (``EmbeddingSimilarityEvaluator``); duplicate retrieval (each sentence of a dev pair scored >=
-``min_score`` must find its partner among all dev sentences, itself excluded): ``mrr@10``, ``ndcg@10``,
-``recall@10`` (``InformationRetrievalEvaluator``'s code); ``query_ms`` (exact search, best of
-``timing_repeats``: a dense product for dense read-outs, :class:`~ncl_ext.analysis.SparseIndex` for
-sparse ones); ``index_kib``. At ``backend_k`` the sparse read-outs also go to Qdrant (local mode, in
-process) and Seismic: ``{engine}_recall_vs_exact``, ``{engine}_query_ms``. Also ``train_s`` (the
-wall time of the training behind a run, all its models) and, for NCL, ``active_dims_full`` (non-zero
-entries per embedding before any cut). Nothing is tuned.
+``min_score`` must find its partner among all dev sentences, itself excluded): ``mrr@10``,
+``ndcg@10``, ``recall@10`` (``InformationRetrievalEvaluator``'s code); ``query_ms`` (exact search,
+best of ``timing_repeats`` after one untimed warm-up search: a dense product for dense read-outs,
+:class:`~ncl_ext.analysis.SparseIndex` for sparse ones); ``index_kib``. At ``backend_k`` the sparse
+read-outs also go to Qdrant (local mode, in process) and Seismic: ``{engine}_recall_vs_exact``,
+``{engine}_query_ms``. Also ``train_s`` (the wall time of the training behind a run, all its models)
+and, for NCL, ``active_dims_full`` (non-zero entries per embedding before any cut). Nothing is
+tuned.
 
 Examples:
     ncl-ext run sparse-retrieval --data-root ../shared/data/stsbenchmark
@@ -102,7 +103,8 @@ class Config(Settings):
     backend_k: int = setting(64, "the budget at which the search engines run", minimum=1, evaluation=True)
     backend_queries: int = setting(100, "queries per search engine (Qdrant's local mode is slow)", minimum=1,
                                    evaluation=True)
-    timing_repeats: int = setting(3, "searches timed per measurement; the best counts", minimum=1, evaluation=True)
+    timing_repeats: int = setting(3, "searches timed per measurement (after a warm-up); the best counts", minimum=1,
+                                  evaluation=True)
     encode_batch_size: int = setting(64, "sentences per encoding batch", minimum=1, evaluation=True)
     save_steps: int = setting(50, "checkpoint every this many steps (a rerun resumes)", minimum=1)
     seed: int = setting(0, "seeds the heads and the batch order (the same for every run)")

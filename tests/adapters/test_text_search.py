@@ -81,8 +81,10 @@ def test_sts_retrieval_scorer_gives_the_same_metrics_for_dense_and_sparse_search
         scorer.score(embeddings[:3], sparse=False)
     with pytest.raises(ValueError, match="similarity='l2'"):
         scorer.score(embeddings, sparse=False, similarity="l2")
-    with pytest.raises(ValueError, match="timing_repeats=0; expected a positive integer"):
+    with pytest.raises(ValueError, match="timing_repeats must be an int >= 1, got 0"):
         STSRetrievalScorer(sts, timing_repeats=0)
+    with pytest.raises(ValueError, match="top_k must be an int >= 1, got 0"):
+        STSRetrievalScorer(sts, top_k=0)
 
 
 def corpus_sentences(count, seed=0):
