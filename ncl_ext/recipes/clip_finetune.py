@@ -83,7 +83,7 @@ class Config(Settings):
     nonneg: str = setting("relu", "the non-negative map of the ncl run", mode=True)
     device: str | None = setting(None, "cpu, cuda or mps; default: the best available", choices=DEVICES)
     epochs: int = setting(200, "passes over the training pairs", minimum=1)
-    batch_size: int = setting(256, "pairs per batch and process", minimum=2)
+    batch_size: int = setting(64, "pairs per batch and process", minimum=2)
     lr: float = setting(3e-3, "AdamW learning rate", above=0)
     weight_decay: float = setting(0.1, "AdamW weight decay", minimum=0)
     warmup_epochs: float = setting(6.0, "linear warm-up epochs before the cosine decay", minimum=0)
