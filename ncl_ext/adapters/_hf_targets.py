@@ -36,6 +36,10 @@ TOWER_PROJECTIONS = ("visual_projection", "text_projection")
 
 
 def resolve_targets(model: nn.Module, transformers_model: nn.Module, target: str | Sequence[str] | None) -> list[dict]:
+    """The targets of ``patch(model, target=...)``: chosen by architecture for ``None``, else a
+    target per named submodule and one per module owning named output fields (the backbone
+    first, then the model). ``transformers_model`` is ``model`` or the model a PEFT wrapper holds.
+    """
     if target is None:
         return _default_targets(transformers_model)
     names = [target] if isinstance(target, str) else target
