@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
-import sys
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -36,9 +34,10 @@ TOWER_PROJECTIONS = ("visual_projection", "text_projection")
 
 
 def resolve_targets(model: nn.Module, transformers_model: nn.Module, target: str | Sequence[str] | None) -> list[dict]:
-    """The targets of ``patch(model, target=...)``: chosen by architecture for ``None``, else a
-    target per named submodule and one per module owning named output fields (the backbone
-    first, then the model). ``transformers_model`` is ``model`` or the model a PEFT wrapper holds.
+    """The targets of ``patch(model, target=...)``: chosen by architecture for ``None``, else
+    one per module that owns named output fields (the backbone is preferred over the model),
+    then one per named submodule. ``transformers_model`` is ``model`` or the model a PEFT
+    wrapper holds.
     """
     if target is None:
         return _default_targets(transformers_model)
@@ -227,15 +226,3 @@ def _union_members(hint: Any) -> tuple:
 
 def dataclass_fields(cls: type) -> set[str]:
     return {field.name for field in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
-
-
-def accepts_return_dict(module: nn.Module) -> bool:
-    model_class = pretrained_model_class()
-    is_model = model_class is not None and isinstance(module, model_class)
-    return is_model or "return_dict" in inspect.signature(module.forward).parameters
-
-
-def pretrained_model_class() -> type | None:
-    """``transformers.PreTrainedModel`` if transformers is loaded (no model exists otherwise)."""
-    modeling_utils = sys.modules.get("transformers.modeling_utils")
-    return getattr(modeling_utils, "PreTrainedModel", None)

@@ -45,7 +45,9 @@ Examples:
 from __future__ import annotations
 
 import copy
+import inspect
 import os
+import sys
 import threading
 import types
 import warnings
@@ -59,14 +61,12 @@ from torch.nn.modules.module import register_module_module_registration_hook
 from ncl_ext import __version__
 from ncl_ext.adapters._hf_targets import (
     ENCODER_FIELDS,
-    accepts_return_dict,
     base_path,
     child_names,
     dataclass_fields,
     find_submodule,
     join_path,
     output_fields,
-    pretrained_model_class,
     resolve_targets,
 )
 from ncl_ext.nonneg import NonNegative, check_mode, select_output
@@ -92,9 +92,10 @@ class _ModuleHead:
     """The non-negative head of one module: forward hooks mapping (fields of) its output.
 
     ``fields=None``: a Tensor output is mapped, a ``ModelOutput`` has its
-    :data:`ENCODER_FIELDS` mapped. ``fields=[...]``: those fields of a ``ModelOutput``
-    are mapped; the module is asked for a ``ModelOutput`` even when the caller wants a
-    tuple (``return_dict=False``), which is rebuilt afterwards with ``to_tuple()``.
+    ``last_hidden_state`` and ``pooler_output`` (``ENCODER_FIELDS``) mapped. ``fields=[...]``:
+    those fields of a ``ModelOutput`` are mapped; the module is asked for a ``ModelOutput``
+    even when the caller wants a tuple (``return_dict=False``), which is rebuilt afterwards
+    with ``to_tuple()``.
     """
 
     def __init__(self, mode: str, fields: list[str] | None) -> None:
@@ -109,7 +110,7 @@ class _ModuleHead:
         return self.nonneg.mode == mode and self.fields == fields
 
     def attach(self, module: nn.Module) -> None:
-        self.asks_for_model_output = self.fields is not None and accepts_return_dict(module)
+        self.asks_for_model_output = self.fields is not None and _accepts_return_dict(module)
         if self.asks_for_model_output:
             self.handles.append(module.register_forward_pre_hook(self.ask_for_model_output, with_kwargs=True))
         self.handles.append(module.register_forward_hook(self.map_output, with_kwargs=True))
@@ -227,6 +228,7 @@ def patch(model: ModelT, mode: str = "relu", target: str | Sequence[str] | None 
     record = {
         "mode": mode,
         "targets": resolve_targets(model, transformers_model, target),
+        # where the backbone sits: a model of another class sharing it can place the head too
         "base_model": base_path(transformers_model),
         "version": __version__,
     }
@@ -581,7 +583,7 @@ def _keep_heads(parent: nn.Module, name: str, submodule: nn.Module | None) -> No
             _detach_all(submodule)  # heads copied inside the wrapper would apply the map twice
             _ModuleHead(head.nonneg.mode, head.fields).attach(submodule)
     if _auto_restore and submodule is not None:
-        model_class = pretrained_model_class()
+        model_class = _pretrained_model_class()
         record = getattr(parent.__dict__.get("config"), RECORD_ATTRIBUTE, None)
         if record is not None and model_class is not None and isinstance(parent, model_class):
             _attach(parent, _checked_record(record), pending={name: submodule})
@@ -590,6 +592,18 @@ def _keep_heads(parent: nn.Module, name: str, submodule: nn.Module | None) -> No
 # ---------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------
+
+
+def _pretrained_model_class() -> type | None:
+    """``transformers.PreTrainedModel`` if transformers is loaded (no model exists otherwise)."""
+    modeling_utils = sys.modules.get("transformers.modeling_utils")
+    return getattr(modeling_utils, "PreTrainedModel", None)
+
+
+def _accepts_return_dict(module: nn.Module) -> bool:
+    model_class = _pretrained_model_class()
+    is_model = model_class is not None and isinstance(module, model_class)
+    return is_model or "return_dict" in inspect.signature(module.forward).parameters
 
 
 def _import_transformers() -> types.ModuleType:
