@@ -3,7 +3,7 @@
 Examples:
     >>> info = provenance()
     >>> sorted(info)[:3]
-    ['device', 'git_commit', 'hostname']
+    ['cpu_threads', 'device', 'git_commit']
     >>> "torch" in info["versions"]
     True
 """
@@ -42,7 +42,11 @@ _ECOSYSTEM = {
 
 
 def provenance(device: Any = None) -> dict[str, Any]:
-    """ncl_ext's version and git commit, the versions of the libraries in use, Python, the device and host."""
+    """ncl_ext's version and git commit, the versions of the libraries in use, Python, the device and host.
+
+    ``cpu_threads`` is recorded because CPU results are reproducible for a given seed and thread
+    count only: reductions are summed in another order with another count.
+    """
     versions = {"ncl_ext": __version__}
     for module, distribution in _ECOSYSTEM.items():
         if module in sys.modules:
@@ -55,6 +59,7 @@ def provenance(device: Any = None) -> dict[str, Any]:
         "git_commit": _git_commit(),
         "python": platform.python_version(),
         "device": str(device) if device is not None else _default_device(),
+        "cpu_threads": torch.get_num_threads(),
         "hostname": platform.node(),
     }
 

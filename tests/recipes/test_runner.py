@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from ncl_ext.cli import main
@@ -31,6 +32,7 @@ def test_results_carry_provenance_and_the_resolved_config(tmp_path):
     provenance = saved["provenance"]
     assert provenance["versions"]["ncl_ext"] and provenance["versions"]["torch"] and provenance["seed"] == 0
     assert {"git_commit", "device", "python"} <= set(provenance)
+    assert provenance["cpu_threads"] == torch.get_num_threads()
     assert set(saved["wall_seconds"]) == {"cl", "ncl"} and all(s > 0 for s in saved["wall_seconds"].values())
     written = yaml.safe_load((tmp_path / "config.yaml").read_text())
     assert written["recipe"] == "graph-contrastive" and written["settings"]["epochs"] == 3
