@@ -11,7 +11,7 @@
    unchanged is skipped, one whose evaluation settings changed is re-evaluated from its
    final checkpoint, an interrupted one resumes from its last checkpoint;
 4. writes ``OUTPUT/config.yaml`` (repeat the run with ``--config``), ``OUTPUT/results.json``
-   (metrics, settings, provenance: versions, git commit, device, seed, wall time per run,
+   (metrics, settings, provenance: versions, git commit, device, CPU threads, seed, wall time per run,
    training hash), ``results.md`` and the CL-vs-NCL comparison figure ``compare.png``.
 
 ``results.json`` lists every run in the folder trained and evaluated with these settings,
