@@ -72,11 +72,14 @@ def seed_benchmark(
             "load_average_before": [round(x, 2) for x in load_before],
             "load_average_after": [round(x, 2) for x in os.getloadavg()],
         })
-    config = results["config"]
+    config, versions = results["config"], results["provenance"]["versions"]
     table = "\n".join([
         f"### {title}",
         "",
         f"{describe(config)}; {torch.get_num_threads()} torch threads, {os.cpu_count()} cores.",
+        "",
+        # A seed reproduces its row only with the same versions and thread count.
+        "Ran with " + ", ".join(f"{name} {version}" for name, version in versions.items()) + ".",
         "",
         *_metric_rows(records, columns),
         "",
@@ -88,7 +91,8 @@ def seed_benchmark(
     ])
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.name}.md").write_text(table + "\n")
-    (RESULTS / f"{args.name}.json").write_text(json.dumps({"config": config, "seeds": records}, indent=2) + "\n")
+    summary = {"config": config, "provenance": results["provenance"], "seeds": records}
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(table)
 
 

@@ -19,8 +19,10 @@ resolved settings every candidate shares (``fixed``: the recipe's config without
 setting and the seed). A rerun of the same sweep runs only the (value, seed) pairs missing
 there, so an interrupted sweep resumes and a new candidate value extends it; it refuses to add
 rows when a default has changed since (its ``fixed`` settings differ), which would mix rows
-trained under different settings. A candidate whose training stops on a non-finite loss is
-recorded as diverged and never chosen.
+trained under different settings, or when the library versions, Python or torch's thread
+count differ from those of the saved rows (``environment``): CPU runs are reproducible for a
+given seed only in the same environment, so rows from two would compare noise. A candidate
+whose training stops on a non-finite loss is recorded as diverged and never chosen.
 
 Usage:
     python benchmarks/validation_selection.py vision-ssl projector 256,256 512,512 1024,1024 2048,2048 \\
@@ -42,6 +44,7 @@ from pathlib import Path
 
 from ncl_ext.recipes import resolve_config, run_recipe
 from ncl_ext.recipes.config import evaluation_settings, training_settings
+from ncl_ext.recipes.provenance import provenance
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: The ``run`` of a row whose training stopped on a non-finite loss.
@@ -89,7 +92,7 @@ def main() -> None:
     saved_rows = args.results_dir / f"{name}.json"
     # The settings every candidate shares: today's, unless only saved rows are re-rendered.
     current = None if args.rerender else _fixed_settings(args, validation)
-    rows, fixed = _saved_rows(saved_rows, args, current)
+    rows, fixed, environment = _saved_rows(saved_rows, args, current, _environment())
     done = {(row["value"], row["seed"]) for row in rows}
     for value in [] if args.rerender else args.values:
         for seed in args.seeds:
@@ -104,9 +107,11 @@ def main() -> None:
             except FloatingPointError as error:  # the trainer stops on a non-finite loss: never chosen
                 rows.append({"value": value, "seed": seed, "run": DIVERGED, "error": str(error)})
                 print(f"{args.setting}={value} seed={seed}: diverged ({error}); recorded, not retried", flush=True)
-                _save_rows(saved_rows, rows, args, fixed)
+                _save_rows(saved_rows, rows, args, fixed, environment)
                 continue
             seconds = round(time.perf_counter() - started, 1)
+            if environment is not None:  # the libraries the run loaded, e.g. scikit-learn for its probes
+                environment["versions"].update(_environment(results["provenance"])["versions"])
             for run, metrics in results["runs"].items():
                 scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
                 rows.append({"value": value, "seed": seed, "run": run, "seconds": seconds, **scalars})
@@ -116,7 +121,7 @@ def main() -> None:
                                      f"its metrics: {', '.join(results['runs'].get(run, {})) or 'none'}")
             score = sum(results["runs"][run][metric] for run, metric in objective) / len(objective)
             print(f"{args.setting}={value} seed={seed}: {args.choose} = {score}, {seconds} s", flush=True)
-            _save_rows(saved_rows, rows, args, fixed)  # after every run, so an interrupted sweep resumes
+            _save_rows(saved_rows, rows, args, fixed, environment)  # after every run, so an interrupted sweep resumes
 
     def mean(value: str, run: str, metric: str) -> float:
         values = [row_value for row in rows
@@ -157,6 +162,7 @@ def main() -> None:
         + f", mean over seeds {args.seeds}"
         + (f", among those with `{args.require}`." if args.require else "."),
         "",
+        *([_describe(environment), ""] if environment else []),
         f"| {args.setting} | run | " + " | ".join(metrics) + " |",
         "|---|---|" + "---:|" * len(metrics),
     ]
@@ -171,7 +177,7 @@ def main() -> None:
                   + ", ".join(f"`{args.setting}={value}`" for value in diverged) + "."]
     lines += ["", "Rule score: " + ", ".join(f"{value}: {score(value):.4f}" for value in scored) + ".",
               "", f"Chosen: {verdict}."]
-    _save_rows(saved_rows, rows, args, fixed, chosen)  # creates the results folder
+    _save_rows(saved_rows, rows, args, fixed, environment, chosen)  # creates the results folder
     saved_rows.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -190,30 +196,64 @@ def _fixed_settings(args: argparse.Namespace, validation: str) -> dict:
     return {key: value for key, value in settings.items() if key not in (args.setting, "seed")}
 
 
-def _saved_rows(path: Path, args: argparse.Namespace, current: dict | None) -> tuple[list[dict], dict | None]:
-    """The rows of an earlier run of the same sweep (recipe, setting, ``--set``, data), and the settings to record.
+def _environment(info: dict | None = None) -> dict:
+    """What a CPU row depends on besides its settings and seed: library versions, Python, torch's thread count.
 
-    New rows are added only when the saved rows were trained with the ``current`` settings:
-    a setting that changed since (a new default) would mix two sweeps, and a sweep saved
-    before settings were recorded cannot tell. Re-scoring saved rows only warns.
+    From a run's ``provenance`` (``info``), or this process's (the libraries loaded so far).
+    """
+    info = info or provenance("cpu")
+    versions = {name: version for name, version in info["versions"].items() if name != "ncl_ext"}
+    return {"versions": versions, "python": info["python"], "cpu_threads": info["cpu_threads"]}
+
+
+def _environment_changes(recorded: dict, current: dict) -> list[str]:
+    """``"name old -> new"`` for each difference; libraries loaded in only one of the two are not compared."""
+    both = sorted(recorded["versions"].keys() & current["versions"].keys())
+    changes = [f"{name} {recorded['versions'][name]} -> {current['versions'][name]}"
+               for name in both if recorded["versions"][name] != current["versions"][name]]
+    return changes + [f"{key} {recorded[key]} -> {current[key]}" for key in ("python", "cpu_threads")
+                      if recorded[key] != current[key]]
+
+
+def _describe(environment: dict) -> str:
+    versions = ", ".join(f"{name} {version}" for name, version in sorted(environment["versions"].items()))
+    return f"Ran with Python {environment['python']}, {versions}, {environment['cpu_threads']} torch threads."
+
+
+def _saved_rows(path: Path, args: argparse.Namespace, current: dict | None,
+                environment: dict) -> tuple[list[dict], dict | None, dict | None]:
+    """Saved rows of the same sweep (recipe, setting, ``--set``, data), and the settings and environment to record.
+
+    New rows are added only when the saved rows were trained with the ``current`` settings
+    in the same ``environment``: a setting that changed since (a new default) would mix two
+    sweeps, other library versions or thread counts give other numbers for the same seed,
+    and a sweep saved before settings were recorded cannot tell. Re-scoring saved rows only warns.
     """
     saved = json.loads(path.read_text()) if path.is_file() else None
     if saved is None:
         if args.rerender:
             raise SystemExit(f"--rerender: {path} does not exist")
-        return [], current
+        return [], current, environment
     if any(saved["args"].get(key) != getattr(args, key) for key in ("recipe", "setting", "set", "data_root")):
         raise SystemExit(f"{path} holds another sweep ({saved['args']}); give this one its own --name")
-    rows, recorded = saved["rows"], saved.get("fixed")
+    rows, recorded, ran_in = saved["rows"], saved.get("fixed"), saved.get("environment")
     if current is None:  # --rerender
-        return rows, recorded
+        return rows, recorded, ran_in
     done = {(row["value"], row["seed"]) for row in rows}
     adds_rows = any((value, seed) not in done for value in args.values for seed in args.seeds)
     if recorded is None:
         if adds_rows:
             raise SystemExit(f"{path} predates recorded settings, so new rows could mix settings; "
                              "start a new sweep with --name")
-        return rows, None
+        return rows, None, ran_in
+    moved = _environment_changes(ran_in, environment) if ran_in is not None else []
+    if moved and adds_rows:
+        raise SystemExit(f"{path}: its rows ran in another environment ({', '.join(moved)}); the same seed gives "
+                         "other numbers there, so new rows would not compare: rerun it there, or start a new "
+                         "sweep with --name")
+    if ran_in is None and adds_rows:
+        print(f"note: {path.name} predates recorded environments: its rows may come from other library "
+              "versions or thread counts", file=sys.stderr)
     changed = [f"{key} {recorded[key]!r} -> {current[key]!r}"
                for key in sorted(recorded.keys() & current.keys()) if recorded[key] != current[key]]
     if changed and adds_rows:
@@ -225,7 +265,11 @@ def _saved_rows(path: Path, args: argparse.Namespace, current: dict | None) -> t
     added = sorted(current.keys() - recorded.keys())
     if added and adds_rows:  # a setting new to the recipe; its default is assumed to keep the old behaviour
         print(f"note: settings new since {path.name} was started: {', '.join(added)}", file=sys.stderr)
-    return rows, current if adds_rows else recorded
+    if not adds_rows:
+        return rows, recorded, ran_in
+    if ran_in is None:  # the earlier rows' environment is unknown: record none rather than claim this one
+        return rows, current, None
+    return rows, current, {**environment, "versions": {**ran_in["versions"], **environment["versions"]}}
 
 
 def _metric(row: dict, metric: str) -> float | None:
@@ -235,11 +279,12 @@ def _metric(row: dict, metric: str) -> float | None:
     return row.get(metric)
 
 
-def _save_rows(path: Path, rows: list[dict], args: argparse.Namespace, fixed: dict | None,
+def _save_rows(path: Path, rows: list[dict], args: argparse.Namespace, fixed: dict | None, environment: dict | None,
                chosen: str | None = None) -> None:
     saved = {key: value for key, value in vars(args).items() if key not in ("rerender", "results_dir")}
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"rows": rows, "chosen": chosen, "args": saved, "fixed": fixed}, indent=2))
+    path.write_text(json.dumps({"rows": rows, "chosen": chosen, "args": saved, "fixed": fixed,
+                                "environment": environment}, indent=2))
 
 
 def _is_number(text: str) -> bool:

@@ -1,7 +1,9 @@
 """benchmarks/validation_selection.py on the tiny digits CE-vs-NCE recipe: the rule, --require, resuming, refusals."""
 
+import importlib.metadata
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +15,8 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "validation_select
 FIXED = ["runs=ce,nce", "batch_size=256", "projector=16,16"]
 
 
-def select(results_dir, *arguments, setting="epochs"):
-    environment = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1")
+def select(results_dir, *arguments, setting="epochs", threads=1):
+    environment = dict(os.environ, OMP_NUM_THREADS=str(threads), TQDM_DISABLE="1")
     command = [sys.executable, str(SCRIPT), "supervised-nce", setting, *arguments, "--results-dir", str(results_dir)]
     return subprocess.run(command, capture_output=True, text=True, timeout=600, env=environment)
 
@@ -88,6 +90,21 @@ def test_a_sweep_scores_held_out_training_data_picks_the_best_mean_and_resumes(t
     def refused(result, message):
         assert result.returncode != 0 and message in result.stderr, result.stderr[-3000:]
         assert " seed=" not in result.stdout and saved(tmp_path) == record  # nothing ran, nothing written
+
+    # ... and the environment its rows ran in (libraries the runs loaded included): rows from
+    # another thread count or library version are refused, since the same seed gives other numbers.
+    environment, torch_version = record["environment"], importlib.metadata.version("torch")
+    assert environment["cpu_threads"] == 1 and environment["python"] == platform.python_version()
+    assert environment["versions"]["torch"] == torch_version
+    assert environment["versions"]["scikit-learn"] == importlib.metadata.version("scikit-learn")
+    assert f"torch {torch_version}" in table and "1 torch threads." in table
+    refused(select(tmp_path, "4", "--choose", "nce:test_acc", "--seeds", "0", "--set", *FIXED, threads=2),
+            "its rows ran in another environment (cpu_threads 1 -> 2)")
+    environment["versions"]["torch"] = "1.0"
+    path.write_text(json.dumps(record))
+    refused(select(tmp_path, "4", "--choose", "nce:test_acc", "--seeds", "0", "--set", *FIXED),
+            f"torch 1.0 -> {torch_version}")
+    environment["versions"]["torch"] = torch_version
 
     # ... so new rows after a default changed are refused, and re-scoring the saved rows says so.
     record["fixed"]["base_lr"] = fixed["base_lr"] * 2

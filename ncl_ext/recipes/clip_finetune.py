@@ -88,7 +88,7 @@ class Config(Settings):
     weight_decay: float = setting(0.1, "AdamW weight decay", minimum=0)
     warmup_epochs: float = setting(6.0, "linear warm-up epochs before the cosine decay", minimum=0)
     max_grad_norm: float | None = setting(None, "clip the gradient norm", above=0)
-    crop_scale: tuple[float, ...] = setting((0.5, 1.0), "open_clip models: random-resized-crop area range", above=0,
+    crop_scale: tuple[float, ...] = setting((0.9, 1.0), "open_clip models: random-resized-crop area range", above=0,
                                             maximum=1)
     mixed_precision: str = setting("no", "autocast precision", choices=("no", "bf16", "fp16"))
     seed: int = setting(0, "seeds weights and batches (every run of a command uses the same)")
