@@ -35,6 +35,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import math
 import sys
@@ -207,10 +208,15 @@ def _environment(info: dict | None = None) -> dict:
 
 
 def _environment_changes(recorded: dict, current: dict) -> list[str]:
-    """``"name old -> new"`` for each difference; libraries loaded in only one of the two are not compared."""
-    both = sorted(recorded["versions"].keys() & current["versions"].keys())
-    changes = [f"{name} {recorded['versions'][name]} -> {current['versions'][name]}"
-               for name in both if recorded["versions"][name] != current["versions"][name]]
+    """``"name old -> new"`` for each difference, each recorded library against the version installed now."""
+    changes = []
+    for name, version in sorted(recorded["versions"].items()):
+        try:
+            installed = current["versions"].get(name) or importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            installed = "not installed"
+        if installed != version:
+            changes.append(f"{name} {version} -> {installed}")
     return changes + [f"{key} {recorded[key]} -> {current[key]}" for key in ("python", "cpu_threads")
                       if recorded[key] != current[key]]
 

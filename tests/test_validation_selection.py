@@ -100,11 +100,12 @@ def test_a_sweep_scores_held_out_training_data_picks_the_best_mean_and_resumes(t
     assert f"torch {torch_version}" in table and "1 torch threads." in table
     refused(select(tmp_path, "4", "--choose", "nce:test_acc", "--seeds", "0", "--set", *FIXED, threads=2),
             "its rows ran in another environment (cpu_threads 1 -> 2)")
-    environment["versions"]["torch"] = "1.0"
-    path.write_text(json.dumps(record))
-    refused(select(tmp_path, "4", "--choose", "nce:test_acc", "--seeds", "0", "--set", *FIXED),
-            f"torch 1.0 -> {torch_version}")
-    environment["versions"]["torch"] = torch_version
+    for name, installed in (("torch", torch_version), ("scikit-learn", importlib.metadata.version("scikit-learn"))):
+        environment["versions"][name] = "1.0"  # scikit-learn: compared even before a run loads it
+        path.write_text(json.dumps(record))
+        refused(select(tmp_path, "4", "--choose", "nce:test_acc", "--seeds", "0", "--set", *FIXED),
+                f"{name} 1.0 -> {installed}")
+        environment["versions"][name] = installed
 
     # ... so new rows after a default changed are refused, and re-scoring the saved rows says so.
     record["fixed"]["base_lr"] = fixed["base_lr"] * 2
