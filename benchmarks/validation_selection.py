@@ -212,7 +212,7 @@ def _environment_changes(recorded: dict, current: dict) -> list[str]:
     changes = []
     for name, version in sorted(recorded["versions"].items()):
         try:
-            installed = current["versions"].get(name) or importlib.metadata.version(name)
+            installed = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             installed = "not installed"
         if installed != version:
